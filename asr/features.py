@@ -136,18 +136,14 @@ def extract(
     return torch.cat([ex.accept(samples), ex.finish()])
 
 
-def compute_stats(
-    utterances: Iterable[np.ndarray | torch.Tensor], config: FeatureConfig = FeatureConfig()
-) -> FeatureStats:
-    """Per-bin mean and standard deviation of un-normalised log-mel over all frames of `utterances`."""
-    total = torch.zeros(config.n_mels, dtype=torch.float64)
-    total_sq = torch.zeros(config.n_mels, dtype=torch.float64)
-    count = 0
-    for samples in utterances:
-        feats = extract(samples, config).double()
-        total += feats.sum(0)
-        total_sq += (feats * feats).sum(0)
-        count += feats.shape[0]
+def compute_stats(feats: Iterable[torch.Tensor]) -> FeatureStats:
+    """Per-bin mean and standard deviation over all frames of un-normalised (frames, n_mels) features."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for f in feats:
+        f = f.double()
+        total = total + f.sum(0)
+        total_sq = total_sq + (f * f).sum(0)
+        count += f.shape[0]
     if count == 0:
         raise ValueError("no frames to compute feature statistics from")
     mean = total / count
@@ -155,11 +151,10 @@ def compute_stats(
     return FeatureStats(mean.float(), std.float())
 
 
-def manifest_stats(
-    entries: Iterable, config: FeatureConfig = FeatureConfig(), limit: int | None = None
-) -> FeatureStats:
+def manifest_stats(entries: Iterable, config: FeatureConfig = FeatureConfig(), limit: int | None = None
+                   ) -> FeatureStats:  # fmt: skip
     """`compute_stats` over the audio of manifest entries (anything with `.path`), the first `limit`."""
     from asr import audio
 
     entries = list(entries)[:limit]
-    return compute_stats((audio.load(e.path) for e in entries), config)
+    return compute_stats(extract(audio.load(e.path), config) for e in entries)

@@ -1,0 +1,84 @@
+"""Checkpoints: one file holding weights, model/feature/token config and normalisation statistics.
+
+Written atomically (temporary file + rename), so an interruption never leaves a half-written checkpoint.
+Loaded with `weights_only=True`: a checkpoint holds only tensors and plain Python values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.features import FeatureConfig, FeatureStats
+from asr.model import AcousticModel, ModelConfig
+from asr.text import TOKENS
+
+FORMAT = "asr-checkpoint"  # marks our files among other torch pickles
+VERSION = 1  # bumped when the layout changes incompatibly
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"  # the bundled model
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable asr checkpoint."""
+
+
+def save(
+    path: str | os.PathLike,
+    model: AcousticModel,
+    stats: FeatureStats,
+    feature_config: FeatureConfig = FeatureConfig(),
+    **extra: Any,
+) -> None:
+    """Write atomically. `extra` (optimizer state, training position, metrics) is stored alongside."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": asdict(model.config),
+        "feature_config": asdict(feature_config),
+        "tokens": list(TOKENS),
+        "stats": stats.to_dict(),
+        "model": state,
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, checked to be ours and compatible."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # torch raises many kinds for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an asr checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')}, expected {VERSION}")
+    if payload.get("tokens") != list(TOKENS):
+        raise CheckpointError(f"{path}: token set differs from this version of asr")
+    return payload
+
+
+def load(
+    path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "cpu"
+) -> tuple[AcousticModel, FeatureStats, FeatureConfig, dict]:
+    """Model (in eval mode), normalisation stats, feature config and the raw dict."""
+    payload = read(path)
+    try:
+        model = AcousticModel(ModelConfig(**payload["model_config"]))
+        model.load_state_dict(payload["model"])
+        stats = FeatureStats.from_dict(payload["stats"])
+        fcfg = FeatureConfig(**payload["feature_config"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: inconsistent checkpoint: {err}") from None
+    return model.to(device).eval(), stats, fcfg, payload
