@@ -4,9 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN ?= runs/default
+EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
-.PHONY: install system-deps lint format test
+.PHONY: install system-deps lint format test data train eval
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -30,3 +32,12 @@ format: install  ## apply ruff's fixes and formatting
 
 test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
+
+data: install  ## build the training and dev corpus under corpus/ (resumable)
+	$(PY) scripts/build_corpus.py --out corpus
+
+train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
+	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
+
+eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full context and streaming
+	$(PY) -m asr.evaluate --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)

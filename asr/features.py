@@ -151,8 +151,9 @@ def compute_stats(feats: Iterable[torch.Tensor]) -> FeatureStats:
     return FeatureStats(mean.float(), std.float())
 
 
-def manifest_stats(entries: Iterable, config: FeatureConfig = FeatureConfig(), limit: int | None = None
-                   ) -> FeatureStats:  # fmt: skip
+def manifest_stats(
+    entries: Iterable, config: FeatureConfig = FeatureConfig(), limit: int | None = None
+) -> FeatureStats:
     """`compute_stats` over the audio of manifest entries (anything with `.path`), the first `limit`."""
     from asr import audio
 

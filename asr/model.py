@@ -153,8 +153,9 @@ class AcousticModel(nn.Module):
         out, _ = self._run(self.bwd[layer], reverse_padded(x, lengths), None)
         return reverse_padded(out, lengths)
 
-    def forward(self, features: Tensor, lengths: Tensor, chunk: int | None = None, right: int = 0
-                ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def forward(
+        self, features: Tensor, lengths: Tensor, chunk: int | None = None, right: int = 0
+    ) -> tuple[Tensor, Tensor]:
         """features (B, T, n_mels), lengths (B,) -> log_probs (B, T // subsample, vocab), lengths (B,).
 
         Full context by default; latency-controlled (`forward_chunked`) when `chunk` is given.
@@ -203,8 +204,9 @@ class AcousticModel(nn.Module):
             windows = fwd
         return windows, torch.cat(hs), torch.cat(cs)
 
-    def forward_chunked(self, features: Tensor, lengths: Tensor, chunk: int, right: int,
-                        state: ModelState | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def forward_chunked(
+        self, features: Tensor, lengths: Tensor, chunk: int, right: int, state: ModelState | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Latency-controlled forward of whole utterances; chunk and right are in output frames.
 
         features (B, T, n_mels), lengths (B,) -> log_probs (B, T', vocab), lengths (B,).

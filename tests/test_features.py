@@ -51,9 +51,17 @@ def test_streaming_equals_offline_with_normalisation(speech):
 def test_matches_librosa_reference(speech):
     cfg = FeatureConfig()
     ref = librosa.feature.melspectrogram(
-        y=speech, sr=16000, n_fft=400, win_length=400, hop_length=160, center=False,
-        n_mels=80, htk=True, norm=None, power=2.0,
-    )  # fmt: skip
+        y=speech,
+        sr=16000,
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        center=False,
+        n_mels=80,
+        htk=True,
+        norm=None,
+        power=2.0,
+    )
     ref = np.log(ref + cfg.log_floor).T
     ours = features.extract(speech).numpy()
     assert ours.shape == ref.shape

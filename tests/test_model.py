@@ -22,8 +22,16 @@ def stream(model, feats, chunk, right, rng=None):
 
 def make(rnn, bidirectional, subsample=3):
     torch.manual_seed(0)
-    cfg = ModelConfig(conv_channels=32, conv_kernel=5, subsample=subsample, rnn_type=rnn, rnn_layers=2,
-                      hidden=24, bidirectional=bidirectional, dropout=0.0)  # fmt: skip
+    cfg = ModelConfig(
+        conv_channels=32,
+        conv_kernel=5,
+        subsample=subsample,
+        rnn_type=rnn,
+        rnn_layers=2,
+        hidden=24,
+        bidirectional=bidirectional,
+        dropout=0.0,
+    )
     return AcousticModel(cfg).eval()
 
 

@@ -1,0 +1,155 @@
+"""WER, CER and real-time factor of a checkpoint on manifests, in full-context and streaming mode.
+
+    python -m asr.evaluate --model models/default.pt corpus/dev-an4.jsonl ../shared/data/pocketsphinx
+
+"full" runs whole utterances in length-sorted batches; "stream" feeds each utterance through
+`AcousticModel.step` chunk by chunk, one stream at a time, exactly as a live session would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jiwer
+import torch
+
+from asr import audio, checkpoint, decoding, features, text
+from asr.data import Utterance, read_manifest
+from asr.model import DEFAULT_CHUNK, DEFAULT_RIGHT, AcousticModel, next_step
+
+MODES = ("full", "stream")
+BATCH_FRAMES = 30000  # padded feature frames per batch in full-context mode
+
+
+def _load_feats(utts: list[Utterance], stats) -> list[torch.Tensor]:
+    return [features.extract(audio.load(u.path), stats=stats) for u in utts]
+
+
+@torch.no_grad()
+def transcribe_full(model: AcousticModel, feats: list[torch.Tensor], device="cpu") -> list[str]:
+    """Greedy transcripts of normalised features, batched by length, full context."""
+    order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+    out: list[str] = [""] * len(feats)
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * feats[order[j]].shape[0] <= BATCH_FRAMES:
+            j += 1
+        idx = order[i:j]
+        x = torch.nn.utils.rnn.pad_sequence([feats[k] for k in idx], batch_first=True).to(device)
+        lengths = torch.tensor([feats[k].shape[0] for k in idx], device=device)
+        log_probs, out_len = model(x, lengths)
+        for n, k in enumerate(idx):
+            out[k] = decoding.greedy(log_probs[n, : out_len[n]].float().cpu()).text
+        i = j
+    return out
+
+
+@torch.no_grad()
+def stream_log_probs(
+    model: AcousticModel, feats: torch.Tensor, chunk: int = DEFAULT_CHUNK, right: int = DEFAULT_RIGHT
+) -> torch.Tensor:
+    """(T, n_mels) normalised features -> (T', vocab) log-probs, stepped chunk by chunk as a stream."""
+    state = model.init_state(1, feats)
+    S = model.config.subsample
+    parts, pos = [], 0
+    while (cut := next_step(feats.shape[0] - pos, chunk, right, S, final=True)) is not None:
+        frames, r = cut
+        log_probs, state = model.step(feats[None, pos : pos + frames], state, r)
+        parts.append(log_probs[0])
+        pos += frames - r * S
+    return torch.cat(parts) if parts else feats.new_zeros(0, model.config.vocab)
+
+
+def transcribe_stream(model: AcousticModel, feats: list[torch.Tensor], device="cpu") -> list[str]:
+    return [decoding.greedy(stream_log_probs(model, f.to(device)).float().cpu()).text for f in feats]
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
+    """Corpus WER and CER of normalised text (an empty reference counts its hypothesis as insertions)."""
+    refs = [text.normalize(r) for r in refs]
+    hyps = [text.normalize(h) for h in hyps]
+    pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r]
+    if not pairs:
+        return 0.0, 0.0
+    r, h = zip(*pairs, strict=True)
+    return jiwer.wer(list(r), list(h)), jiwer.cer(list(r), list(h))
+
+
+def score(
+    model: AcousticModel,
+    stats,
+    utts: list[Utterance],
+    mode: str = "full",
+    device="cpu",
+    hyps_out: list | None = None,
+) -> dict:
+    """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of greedy decoding in `mode` ('full' or 'stream').
+
+    RTF covers feature extraction, the model and decoding (not file decoding), on this process's threads.
+    """
+    model.eval()
+    audio_s = sum(u.duration for u in utts)
+    wavs = [audio.load(u.path) for u in utts]
+    t0 = time.perf_counter()
+    feats = [features.extract(w, stats=stats) for w in wavs]
+    hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device)
+    elapsed = time.perf_counter() - t0
+    wer, cer = error_rates([u.text for u in utts], hyps)
+    if hyps_out is not None:
+        hyps_out.extend(hyps)
+    return {
+        "wer": wer,
+        "cer": cer,
+        "rtf": elapsed / max(audio_s, 1e-9),
+        "utterances": len(utts),
+        "audio_s": audio_s,
+    }
+
+
+def format_table(results: dict, title: str = "") -> str:
+    """results: {set: {wer, cer, rtf, ...}} or {set: {mode: {...}}} -> an aligned text table."""
+    rows = []
+    for name, r in results.items():
+        for mode, m in r.items() if "wer" not in r else [("", r)]:
+            rows.append((name, mode, f"{100 * m['wer']:.1f}", f"{100 * m['cer']:.1f}", f"{m['rtf']:.4f}"))
+    head = ("set", "mode", "WER %", "CER %", "RTF")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    out = [title] if title else []
+    out += [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="WER/CER/RTF of a checkpoint on manifests.")
+    parser.add_argument(
+        "manifests", nargs="+", help="JSONL manifests, transcripts.tsv files or their folders"
+    )
+    parser.add_argument(
+        "--model", default=str(checkpoint.DEFAULT_MODEL), help="checkpoint (default: bundled)"
+    )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, stats, _, _ = checkpoint.load(args.model)
+    results = {}
+    for m in args.manifests:
+        utts = read_manifest(m)[: args.limit or None]
+        name = Path(m).stem if Path(m).suffix else Path(m).name
+        results[name] = {mode: score(model, stats, utts, mode) for mode in args.modes}
+    print(format_table(results, f"model {args.model}"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""The training loop: CTC on (bi)LSTM/GRU, one process or DDP under torchrun, AMP on GPU.
+
+Read it top to bottom: configuration, learning-rate schedule, data (features cached in memory, batches
+bucketed by length), one training step, validation, checkpoints, `main()`.
+
+    python -m asr.train --out runs/default                  # resumes from runs/default/last.pt if there
+    torchrun --nproc-per-node 2 -m asr.train --out runs/ddp  # several processes (gloo on CPU, nccl on GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torchaudio
+from tqdm import tqdm
+
+from asr import audio, checkpoint, evaluate, features, text
+from asr.data import Utterance, read_manifest
+from asr.model import PRESETS, AcousticModel
+
+CORPUS = "corpus"  # where `make data` writes its manifests
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train: tuple[str, ...] = (f"{CORPUS}/train.jsonl",)  # training manifests (after the clean warm-up)
+    clean: tuple[str, ...] = (f"{CORPUS}/train-clean.jsonl",)  # manifests of the clean warm-up epochs
+    dev: tuple[str, ...] = (  # validation manifests, scored each epoch
+        f"{CORPUS}/dev-fsdd.jsonl",
+        f"{CORPUS}/dev-an4.jsonl",
+        f"{CORPUS}/dev-pocketsphinx.jsonl",
+        f"{CORPUS}/dev-synth.jsonl",
+    )
+    out: str = "runs/default"  # run directory: last.pt, best.pt, metrics.jsonl
+    preset: str = "default"  # model preset from asr.model.PRESETS
+    init: str = ""  # start from these weights (e.g. models/default.pt) instead of random ones
+    epochs: int = 12  # passes over the training data, clean warm-up epochs included
+    clean_epochs: int = 1  # first epochs on the clean manifests, without SpecAugment
+    max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
+    batch_frames: int = 24000  # padded feature frames per batch (100 per second of audio)
+    max_batch: int = 64  # utterances per batch at most
+    max_seconds: float = 16.0  # longer utterances are left out of training
+    lr: float = 2e-3  # peak learning rate
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    warmup_steps: int = 300  # linear warm-up steps
+    weight_decay: float = 1e-2  # AdamW weight decay
+    clip: float = 5.0  # gradient norm clipping
+    freq_masks: int = 2  # SpecAugment frequency masks per utterance
+    freq_width: int = 12  # widest frequency mask in mel bins
+    time_masks: int = 2  # SpecAugment time masks per utterance
+    time_width: int = 30  # widest time mask in frames
+    full_context_prob: float = 0.4  # share of batches trained in full context; the rest latency-controlled
+    chunk_min: int = 4  # smallest chunk (output frames) of a latency-controlled batch
+    chunk_max: int = 16  # largest chunk
+    right_min: int = 2  # smallest right context (output frames)
+    right_max: int = 6  # largest right context
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (also one at each epoch end)
+    log_every: int = 20  # optimizer steps between metrics lines
+    stats_utterances: int = 3000  # utterances sampled to compute the feature normalisation
+    dev_limit: int = 0  # utterances per dev set in validation (0: all)
+    seed: int = 0  # seeds data order, augmentation and initialisation
+    threads: int = 0  # CPU threads per process (0: all cores shared among processes)
+    device: str = ""  # "cpu", "cuda" (default: cuda when available)
+
+
+# ---- schedule -----------------------------------------------------------------------------------------
+def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr` at `total_steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+@dataclass
+class Corpus:
+    """Utterances with their un-normalised features (fp16, in memory) and target ids."""
+
+    utterances: list[Utterance]
+    feats: list[torch.Tensor]
+    targets: list[torch.Tensor]
+
+    def frames(self, i: int) -> int:
+        return self.feats[i].shape[0]
+
+
+def load_corpus(manifests: tuple[str, ...], max_seconds: float, desc: str, quiet: bool) -> Corpus:
+    utts = [u for m in manifests for u in read_manifest(m) if u.duration <= max_seconds]
+    corpus = Corpus([], [], [])
+    skipped = 0
+    for u in tqdm(utts, desc=f"features {desc}", unit="utt", disable=quiet, mininterval=2):
+        try:
+            target = text.encode(text.normalize(u.text))
+            feats = features.extract(audio.load(u.path)).half()
+        except (audio.AudioError, ValueError) as err:
+            skipped += 1
+            if not quiet:
+                tqdm.write(f"skipping {u.path}: {err}")
+            continue
+        corpus.utterances.append(u)
+        corpus.feats.append(feats)
+        corpus.targets.append(torch.tensor(target, dtype=torch.long))
+    if not corpus.feats:
+        raise SystemExit(f"no usable utterances in {', '.join(manifests)}")
+    return corpus
+
+
+def compute_stats(corpus: Corpus, n: int, seed: int) -> features.FeatureStats:
+    idx = random.Random(seed).sample(range(len(corpus.feats)), min(n, len(corpus.feats)))
+    return features.compute_stats(corpus.feats[i] for i in idx)
+
+
+def make_batches(corpus: Corpus, cfg: TrainConfig, epoch: int, world: int) -> list[list[int]]:
+    """Length-bucketed batches: sorted by length, cut by padded-frame budget; shuffled after epoch 0.
+
+    CTC needs enough frames for the target: utterances whose subsampled length cannot hold their
+    targets are left out. The count is a multiple of `world` so every process steps equally.
+    """
+    order = sorted(range(len(corpus.feats)), key=corpus.frames)
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * corpus.frames(i) > cfg.batch_frames or len(cur) >= cfg.max_batch:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    if epoch > 0:
+        random.Random(cfg.seed * 1000 + epoch).shuffle(batches)
+    return batches[: len(batches) // world * world] if world > 1 else batches
+
+
+def collate(corpus: Corpus, idx: list[int], stats: features.FeatureStats, device):
+    feats = [corpus.feats[i] for i in idx]
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
+    x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
+    targets = torch.cat([corpus.targets[i] for i in idx])
+    target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
+    return x.to(device), lengths.to(device), targets.to(device), target_lengths.to(device)
+
+
+def spec_augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """SpecAugment masks (torchaudio) on normalised features (B, T, F); masked values become 0 (the mean)."""
+    spec = x.transpose(1, 2)  # (B, F, T)
+    for _ in range(cfg.freq_masks):
+        spec = torchaudio.transforms.FrequencyMasking(cfg.freq_width, iid_masks=True)(spec)
+    for _ in range(cfg.time_masks):
+        spec = torchaudio.transforms.TimeMasking(cfg.time_width, iid_masks=True, p=0.2)(spec)
+    return spec.transpose(1, 2)
+
+
+# ---- distributed --------------------------------------------------------------------------------------
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = cfg.device == "cuda" or (not cfg.device and torch.cuda.is_available())
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, device
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    rank, world, device = setup_distributed(cfg)
+    main_proc = rank == 0
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    quiet = not main_proc
+    corpus = load_corpus(tuple(dict.fromkeys(cfg.train + cfg.clean)), cfg.max_seconds, "train", quiet)
+    clean_paths = {u.path for m in cfg.clean for u in read_manifest(m)} if cfg.clean else set()
+    clean_ids = [i for i, u in enumerate(corpus.utterances) if u.path in clean_paths]
+    train_paths = {u.path for m in cfg.train for u in read_manifest(m)}
+    train_ids = [i for i, u in enumerate(corpus.utterances) if u.path in train_paths]
+
+    resume = out / "last.pt"
+    payload = checkpoint.read(resume) if resume.exists() else None
+    if payload is None and cfg.init:
+        payload = checkpoint.read(cfg.init)
+        payload = {k: payload[k] for k in ("model_config", "model", "stats", "feature_config")}
+    model_config = PRESETS[cfg.preset]
+    if payload is not None:
+        model_config = type(model_config)(**payload["model_config"])
+        stats = features.FeatureStats.from_dict(payload["stats"])
+    else:
+        stats = compute_stats(corpus, cfg.stats_utterances, cfg.seed)
+    model = AcousticModel(model_config).to(device)
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos = payload.get("train_state", {"step": 0, "epoch": 0, "batch": 0}) if payload else None
+    pos = pos or {"step": 0, "epoch": 0, "batch": 0}
+    if payload is not None and "optimizer" in payload:
+        optimizer.load_state_dict(payload["optimizer"])
+    best = payload.get("best_wer", math.inf) if payload else math.inf
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ctc = torch.nn.CTCLoss(blank=text.BLANK_ID, reduction="sum", zero_infinity=True)
+    amp = device.type == "cuda"
+
+    def epoch_corpus(epoch: int) -> Corpus:
+        ids = clean_ids if epoch < cfg.clean_epochs and clean_ids else train_ids
+        return Corpus(*([lst[i] for i in ids] for lst in (corpus.utterances, corpus.feats, corpus.targets)))
+
+    steps_per_epoch = [len(make_batches(epoch_corpus(e), cfg, e, world)) // world for e in range(cfg.epochs)]
+    total_steps = sum(steps_per_epoch) if not cfg.max_steps else min(cfg.max_steps, sum(steps_per_epoch))
+    if main_proc:
+        print(
+            f"model {cfg.preset}: {model.num_parameters() / 1e6:.2f}M parameters; {len(train_ids)} training "
+            f"utterances ({sum(corpus.frames(i) for i in train_ids) / 360000:.2f} h); {total_steps} steps; "
+            f"device {device}, {world} process(es), {torch.get_num_threads()} threads",
+            flush=True,
+        )
+    metrics = open(out / "metrics.jsonl", "a") if main_proc else None
+
+    def save(name: str, **extra):
+        if main_proc:
+            checkpoint.save(
+                out / name,
+                model,
+                stats,
+                optimizer=optimizer.state_dict(),
+                train_state=dict(pos),
+                best_wer=best,
+                train_config=dataclasses.asdict(cfg),
+                **extra,
+            )
+
+    step = pos["step"]
+    for epoch in range(pos["epoch"], cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        ec = epoch_corpus(epoch)
+        batches = make_batches(ec, cfg, epoch, world)
+        mine = batches[rank::world]
+        start = pos["batch"] if epoch == pos["epoch"] else 0
+        model.train()
+        bar = tqdm(
+            total=len(mine),
+            initial=start,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=quiet,
+            mininterval=2,
+            unit="batch",
+        )
+        t0, audio_s, loss_sum, loss_n = time.time(), 0.0, 0.0, 0
+        for b in range(start, len(mine)):
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            x, lengths, targets, target_lengths = collate(ec, mine[b], stats, device)
+            if epoch >= cfg.clean_epochs:
+                x = spec_augment(x, cfg)
+            rng = random.Random(cfg.seed * 7919 + step)
+            chunk = (
+                None if rng.random() < cfg.full_context_prob else rng.randint(cfg.chunk_min, cfg.chunk_max)
+            )
+            right = rng.randint(cfg.right_min, cfg.right_max)
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(step, cfg, total_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                log_probs, out_len = ddp(x, lengths, chunk, right)
+            loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths) / len(mine[b])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            step += 1
+            pos.update(step=step, epoch=epoch, batch=b + 1)
+            audio_s += lengths.sum().item() / 100 * world
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            speed = audio_s / (time.time() - t0)
+            bar.set_postfix(loss=f"{loss.item():.3f}", audio_s_per_s=f"{speed:.0f}", refresh=False)
+            bar.update()
+            if main_proc and step % cfg.log_every == 0:
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss_sum / loss_n,
+                    "lr": get_lr(step, cfg, total_steps),
+                    "audio_s_per_s": speed,
+                    "time": time.time(),
+                }
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                loss_sum, loss_n = 0.0, 0
+            if step % cfg.checkpoint_every == 0:
+                save("last.pt")
+        bar.close()
+        if pos["epoch"] == epoch and pos["batch"] < len(mine):  # stopped by max_steps mid-epoch
+            save("last.pt")
+            break
+        pos.update(epoch=epoch + 1, batch=0)
+        if main_proc and cfg.dev:
+            result = validate(model, stats, cfg, device)
+            wer = float(np.mean([r["wer"] for r in result.values()])) if result else math.inf
+            metrics.write(
+                json.dumps({"step": step, "epoch": epoch + 1, "dev": result, "time": time.time()}) + "\n"
+            )
+            metrics.flush()
+            print(evaluate.format_table(result, f"epoch {epoch + 1}, step {step}"), flush=True)
+            if wer <= best:
+                best = wer
+                save("best.pt", dev=result)
+        save("last.pt")
+    if world > 1:
+        dist.barrier()
+    if metrics:
+        metrics.close()
+    return {"step": step, "best_wer": best, "model": model}
+
+
+def validate(model: AcousticModel, stats, cfg: TrainConfig, device) -> dict:
+    """WER/CER of greedy decoding on each dev manifest, full context."""
+    result = {}
+    for manifest in cfg.dev:
+        if not Path(manifest).exists():
+            continue
+        utts = read_manifest(manifest)
+        if cfg.dev_limit:
+            utts = utts[: cfg.dev_limit]
+        result[Path(manifest).stem] = evaluate.score(model, stats, utts, mode="full", device=device)
+    model.train()
+    return result
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """Command-line flags generated from TrainConfig's fields."""
+    parser = argparse.ArgumentParser(description="Train the CTC acoustic model (resumes from OUT/last.pt).")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, tuple):
+            parser.add_argument(flag, nargs="*", default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
+    if cfg.preset not in PRESETS:
+        parser.error(f"unknown preset {cfg.preset!r}: choose from {', '.join(PRESETS)}")
+    return cfg
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: step {result['step']}, best mean dev WER {result['best_wer']:.3f}; in {cfg.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from asr import checkpoint, evaluate, train
+from asr.data import read_manifest, write_manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def handful(data_dir, tmp_path_factory):
+    """Eight short real utterances from an4 (several speakers) as a manifest."""
+    utts = sorted(read_manifest(data_dir / "an4"), key=lambda u: u.duration)[10:18]
+    path = tmp_path_factory.mktemp("data") / "handful.jsonl"
+    write_manifest(path, utts)
+    return path
+
+
+def tiny_config(manifest, out, **kw) -> train.TrainConfig:
+    base = dict(
+        train=(str(manifest),),
+        clean=(),
+        dev=(),
+        out=str(out),
+        preset="tiny",
+        epochs=400,
+        clean_epochs=0,
+        lr=4e-3,
+        min_lr=1e-3,
+        warmup_steps=20,
+        batch_frames=100000,
+        freq_masks=0,
+        time_masks=0,
+        full_context_prob=0.5,
+        chunk_min=4,
+        chunk_max=10,
+        checkpoint_every=1000,
+        log_every=10,
+        threads=2,
+    )
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_real_speech(handful, tmp_path):
+    t0 = time.time()
+    train.train(tiny_config(handful, tmp_path, max_steps=300))
+    assert time.time() - t0 < 60
+    model, stats, _, _ = checkpoint.load(tmp_path / "last.pt")
+    utts = read_manifest(handful)
+    full = evaluate.score(model, stats, utts, "full")
+    stream = evaluate.score(model, stats, utts, "stream")
+    assert full["cer"] < 0.05, full
+    assert stream["cer"] < 0.10, stream
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert metrics[0]["loss"] > 5 * metrics[-1]["loss"]
+
+
+def test_lr_schedule():
+    cfg = train.TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10)
+    lrs = [train.get_lr(s, cfg, 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[100] == pytest.approx(1e-5)
+
+
+def run_train(args, **popen):
+    return subprocess.Popen(
+        [sys.executable, "-m", "asr.train", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def cli_args(manifest, out, steps):
+    return [
+        "--train",
+        str(manifest),
+        "--clean",
+        "--dev",
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--epochs",
+        "100",
+        "--max-steps",
+        str(steps),
+        "--batch-frames",
+        "400",
+        "--warmup-steps",
+        "5",
+        "--clean-epochs",
+        "0",
+        "--checkpoint-every",
+        "3",
+        "--threads",
+        "1",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_checkpoint(handful, tmp_path):
+    # small batches: several steps per epoch, so the kill lands mid-epoch
+    proc = run_train(cli_args(handful, tmp_path, 400))
+    last = tmp_path / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.exists() and checkpoint.read(last)["train_state"]["step"] >= 9:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint.read(last)
+    step = saved["train_state"]["step"]
+    assert step % 3 == 0 and step >= 9
+    assert 0 < saved["train_state"]["batch"], "killed mid-epoch"
+
+    # resume for exactly one more step: it starts from the saved step and optimizer state
+    proc = run_train(cli_args(handful, tmp_path, step + 1))
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log
+    resumed = checkpoint.read(last)
+    assert resumed["train_state"]["step"] == step + 1
+    assert (
+        resumed["optimizer"]["state"][0]["step"].item() == saved["optimizer"]["state"][0]["step"].item() + 1
+    )
+    # and the weights moved by one small step from the saved ones, not from a fresh start
+    w0, w1 = saved["model"]["head.weight"], resumed["model"]["head.weight"]
+    assert 0 < (w1 - w0).abs().max() < 0.05
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_keep_weights_equal(handful, tmp_path):
+    script = (
+        "import os, sys, torch, torch.distributed as dist\n"
+        "from asr import train\n"
+        "cfg = train.parse_args(sys.argv[1:])\n"
+        "m = train.train(cfg)['model']\n"
+        "flat = torch.cat([p.detach().flatten() for p in m.parameters()])\n"
+        "torch.save(flat, os.path.join(cfg.out, f'rank{dist.get_rank()}.pt'))\n"
+        "dist.destroy_process_group()\n"
+    )
+    path = tmp_path / "ddp_run.py"
+    path.write_text(script)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(path),
+        *cli_args(handful, tmp_path, 6),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(r0, r1)
+    assert checkpoint.read(tmp_path / "last.pt")["train_state"]["step"] == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_with_amp(handful, tmp_path):
+    train.train(tiny_config(handful, tmp_path, max_steps=30, device="cuda"))
+    model, stats, _, _ = checkpoint.load(tmp_path / "last.pt", device="cuda")
+    utts = read_manifest(handful)
+    assert evaluate.score(model, stats, utts, "full", device="cuda")["cer"] < 1.0
