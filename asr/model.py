@@ -185,17 +185,24 @@ class AcousticModel(nn.Module):
             x = self.dropout(windows) if i else windows
             # forward direction over the chunk frames, carried from chunk to chunk
             hc = (h[i : i + 1], c[i : i + 1])
-            centre, ends = [], []
-            for n in range(N):
-                out, hc = self._run(self.fwd[i], x[:, n, :chunk], hc)
-                centre.append(out)
-                ends.append(hc)
+            if self.is_lstm:  # the cell state at each chunk end is only known by stopping there
+                centre, ends = [], []
+                for n in range(N):
+                    out, hc = self._run(self.fwd[i], x[:, n, :chunk], hc)
+                    centre.append(out)
+                    ends.append(hc)
+                fwd = torch.stack(centre, dim=1)  # (B, N, chunk, H)
+                h_end = torch.cat([e[0] for e in ends]).transpose(0, 1)  # (B, N, H)
+                c_end = torch.cat([e[1] for e in ends]).transpose(0, 1)
+            else:  # a GRU's state is its output: one call over all chunk frames gives every chunk end
+                out, hc = self._run(self.fwd[i], x[:, :, :chunk].reshape(B, N * chunk, -1), hc)
+                fwd = out.reshape(B, N, chunk, -1)
+                h_end = fwd[:, :, -1]
+                c_end = torch.zeros_like(h_end)
             hs.append(hc[0])
             cs.append(hc[1])
-            fwd = torch.stack(centre, dim=1)  # (B, N, chunk, H)
             if W > chunk:  # forward direction over the right context, from each chunk's end state
-                h0 = torch.stack([e[0] for e in ends], dim=2).reshape(1, B * N, -1)
-                c0 = torch.stack([e[1] for e in ends], dim=2).reshape(1, B * N, -1)
+                h0, c0 = h_end.reshape(1, B * N, -1), c_end.reshape(1, B * N, -1)
                 out, _ = self._run(self.fwd[i], x[:, :, chunk:].reshape(B * N, W - chunk, -1), (h0, c0))
                 fwd = torch.cat([fwd, out.reshape(B, N, W - chunk, -1)], dim=2)
             if self.config.bidirectional:  # backward direction: fresh from each window's end
