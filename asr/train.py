@@ -97,7 +97,8 @@ class Corpus:
 
 
 def load_corpus(manifests: tuple[str, ...], max_seconds: float, desc: str, quiet: bool) -> Corpus:
-    utts = [u for m in manifests for u in read_manifest(m) if u.duration <= max_seconds]
+    unique = {u.path: u for m in manifests for u in read_manifest(m)}  # manifests may overlap
+    utts = [u for u in unique.values() if u.duration <= max_seconds]
     corpus = Corpus([], [], [])
     skipped = 0
     for u in tqdm(utts, desc=f"features {desc}", unit="utt", disable=quiet, mininterval=2):
