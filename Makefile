@@ -15,7 +15,7 @@ install: $(STAMP)  ## create .venv and install asr into it (a second run does no
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,corpus]'
 	touch $(STAMP)
 
 system-deps:  ## Debian packages: speech synthesisers for the training corpus
@@ -33,8 +33,8 @@ format: install  ## apply ruff's fixes and formatting
 test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
 
-data: install  ## build the training and dev corpus under corpus/ (resumable)
-	$(PY) scripts/build_corpus.py --out corpus
+data: install  ## build the training/dev speech corpus under corpus/ (needs make system-deps; ~11 min on 2 cores)
+	nice -n 10 $(PY) scripts/build_corpus.py --out corpus
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
