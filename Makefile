@@ -39,5 +39,5 @@ data: install  ## build the training/dev speech corpus under corpus/ (needs make
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
 
-eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full context and streaming
-	$(PY) -m asr.evaluate --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)
+eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full/streaming, and pocketsphinx's
+	$(PY) -m asr.evaluate --peer --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)

@@ -79,6 +79,21 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     return jiwer.wer(list(r), list(h)), jiwer.cer(list(r), list(h))
 
 
+def figures(utts: list[Utterance], hyps: list[str], elapsed: float, hyps_out: list | None = None) -> dict:
+    """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of hypotheses against the utterances' references."""
+    audio_s = sum(u.duration for u in utts)
+    wer, cer = error_rates([u.text for u in utts], hyps)
+    if hyps_out is not None:
+        hyps_out.extend(hyps)
+    return {
+        "wer": wer,
+        "cer": cer,
+        "rtf": elapsed / max(audio_s, 1e-9),
+        "utterances": len(utts),
+        "audio_s": audio_s,
+    }
+
+
 def score(
     model: AcousticModel,
     stats,
@@ -92,22 +107,28 @@ def score(
     RTF covers feature extraction, the model and decoding (not file decoding), on this process's threads.
     """
     model.eval()
-    audio_s = sum(u.duration for u in utts)
     wavs = [audio.load(u.path) for u in utts]
     t0 = time.perf_counter()
     feats = [features.extract(w, stats=stats) for w in wavs]
     hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device)
-    elapsed = time.perf_counter() - t0
-    wer, cer = error_rates([u.text for u in utts], hyps)
-    if hyps_out is not None:
-        hyps_out.extend(hyps)
-    return {
-        "wer": wer,
-        "cer": cer,
-        "rtf": elapsed / max(audio_s, 1e-9),
-        "utterances": len(utts),
-        "audio_s": audio_s,
-    }
+    return figures(utts, hyps, time.perf_counter() - t0, hyps_out)
+
+
+def score_pocketsphinx(utts: list[Utterance], hyps_out: list | None = None) -> dict:
+    """The same figures for pocketsphinx 5.1.1 with its bundled en-us model (our peer), on the same audio."""
+    import numpy as np
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=audio.SAMPLE_RATE, loglevel="FATAL")
+    wavs = [audio.load(u.path) for u in utts]
+    hyps = []
+    t0 = time.perf_counter()
+    for w in wavs:
+        decoder.start_utt()
+        decoder.process_raw((np.clip(w, -1, 1) * 32767).astype("<i2").tobytes(), full_utt=True)
+        decoder.end_utt()
+        hyps.append(decoder.hyp().hypstr if decoder.hyp() else "")
+    return figures(utts, hyps, time.perf_counter() - t0, hyps_out)
 
 
 def format_table(results: dict, title: str = "") -> str:
@@ -133,6 +154,7 @@ def main(argv=None) -> None:
         "--model", default=str(checkpoint.DEFAULT_MODEL), help="checkpoint (default: bundled)"
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--peer", action="store_true", help="also score pocketsphinx on the same audio")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -145,6 +167,8 @@ def main(argv=None) -> None:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
         results[name] = {mode: score(model, stats, utts, mode) for mode in args.modes}
+        if args.peer:
+            results[name]["pocketsphinx"] = score_pocketsphinx(utts)
     print(format_table(results, f"model {args.model}"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
