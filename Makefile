@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/default
+PROTO := proto/asr/v1/asr.proto
+STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
-.PHONY: install system-deps lint format test data train eval
+.PHONY: install system-deps lint format test data train eval proto serve
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -29,6 +31,14 @@ lint: install  ## ruff check and format check over the whole tree
 format: install  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+proto: $(STUBS)  ## regenerate the gRPC stubs in server/gen/ from proto/ (only when the proto changed)
+
+$(STUBS) &: $(PROTO) | $(STAMP)
+	$(PY) -m server.protogen
+
+serve: install proto  ## run the gRPC server with the bundled model: make serve ARGS="--port 50051 --metrics-port 9090"
+	$(VENV)/bin/asr-serve $(ARGS)
 
 test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
