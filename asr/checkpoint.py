@@ -82,3 +82,31 @@ def load(
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: inconsistent checkpoint: {err}") from None
     return model.to(device).eval(), stats, fcfg, payload
+
+
+def export(src: str | os.PathLike, dst: str | os.PathLike = DEFAULT_MODEL) -> Path:
+    """Copy a training checkpoint without its optimizer and training state: the file to ship and serve."""
+    model, stats, fcfg, payload = load(src)
+    keep = {k: payload[k] for k in ("dev", "train_config", "train_state") if k in payload}
+    save(dst, model, stats, fcfg, **keep)
+    return Path(dst)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="asr checkpoints: export a training checkpoint for serving.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="strip optimizer state: runs/x/best.pt -> models/default.pt")
+    exp.add_argument("src")
+    exp.add_argument("dst", nargs="?", default=str(DEFAULT_MODEL))
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.src, args.dst)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

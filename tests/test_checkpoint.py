@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from asr import checkpoint
+from asr.checkpoint import CheckpointError
+from asr.features import FeatureStats
+from asr.model import PRESETS, AcousticModel
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = AcousticModel(PRESETS["tiny"])
+    stats = FeatureStats(torch.randn(80), torch.rand(80) + 0.5)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 50, 80), torch.tensor([50]))[0].sum().backward()
+    opt.step()
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, model, stats, optimizer=opt.state_dict(), train_state={"step": 1})
+    return path, model, stats
+
+
+def test_roundtrip_and_export(saved, tmp_path):
+    path, model, stats = saved
+    loaded, loaded_stats, _, payload = checkpoint.load(path)
+    assert payload["train_state"] == {"step": 1} and "optimizer" in payload
+    x = torch.randn(1, 60, 80)
+    assert torch.equal(loaded(x, torch.tensor([60]))[0], model.eval()(x, torch.tensor([60]))[0])
+    assert torch.equal(loaded_stats.mean, stats.mean)
+    out = checkpoint.export(path, tmp_path / "export.pt")
+    exported = checkpoint.read(out)
+    assert "optimizer" not in exported and exported["model"].keys() == payload["model"].keys()
+    assert out.stat().st_size < path.stat().st_size
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temporary file
+
+
+def test_rejects_corrupt_foreign_and_missing_files(saved, tmp_path):
+    path, _, _ = saved
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(cut)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not an asr checkpoint"):
+        checkpoint.load(foreign)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "asr-checkpoint", "obj": FeatureStats.identity()}, evil)  # a pickled class
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses objects
+        checkpoint.load(evil)
