@@ -1,0 +1,1 @@
+"""Thin entry points over the asr library and the server: the clients, corpus building."""
