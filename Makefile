@@ -10,7 +10,7 @@ STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/g
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
-.PHONY: install system-deps lint format test data train eval proto serve
+.PHONY: install system-deps lint format test data train eval proto serve demo
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -39,6 +39,9 @@ $(STUBS) &: $(PROTO) | $(STAMP)
 
 serve: install proto  ## run the gRPC server with the bundled model: make serve ARGS="--port 50051 --metrics-port 9090"
 	$(VENV)/bin/asr-serve $(ARGS)
+
+demo: install proto  ## stream samples/goforward.flac to a fresh server with the bundled model (MODEL=..., CLIP=...)
+	PY=$(PY) MODEL=$(or $(MODEL),models/default.pt) scripts/demo.sh
 
 test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
