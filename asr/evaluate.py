@@ -29,8 +29,23 @@ def _load_feats(utts: list[Utterance], stats) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def transcribe_full(model: AcousticModel, feats: list[torch.Tensor], device="cpu") -> list[str]:
-    """Greedy transcripts of normalised features, batched by length, full context."""
+def greedy_text(log_probs: torch.Tensor) -> str:
+    return decoding.greedy(log_probs).text
+
+
+def text_decoder(config: decoding.DecoderConfig | None):
+    """(T', vocab) log-probs -> text, with `config`'s decoder (greedy when None); resources loaded once."""
+    if config is None or config.method == "greedy":
+        return greedy_text
+    resources = decoding.load_resources(config)
+    return lambda log_probs: decoding.beam_search(log_probs, config, resources=resources)[0][0].text
+
+
+@torch.no_grad()
+def transcribe_full(
+    model: AcousticModel, feats: list[torch.Tensor], device="cpu", decode=greedy_text
+) -> list[str]:
+    """Transcripts of normalised features, batched by length, full context (greedy unless `decode` says)."""
     order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
     out: list[str] = [""] * len(feats)
     i = 0
@@ -43,7 +58,7 @@ def transcribe_full(model: AcousticModel, feats: list[torch.Tensor], device="cpu
         lengths = torch.tensor([feats[k].shape[0] for k in idx], device=device)
         log_probs, out_len = model(x, lengths)
         for n, k in enumerate(idx):
-            out[k] = decoding.greedy(log_probs[n, : out_len[n]].float().cpu()).text
+            out[k] = decode(log_probs[n, : out_len[n]].float().cpu())
         i = j
     return out
 
@@ -64,8 +79,10 @@ def stream_log_probs(
     return torch.cat(parts) if parts else feats.new_zeros(0, model.config.vocab)
 
 
-def transcribe_stream(model: AcousticModel, feats: list[torch.Tensor], device="cpu") -> list[str]:
-    return [decoding.greedy(stream_log_probs(model, f.to(device)).float().cpu()).text for f in feats]
+def transcribe_stream(
+    model: AcousticModel, feats: list[torch.Tensor], device="cpu", decode=greedy_text
+) -> list[str]:
+    return [decode(stream_log_probs(model, f.to(device)).float().cpu()) for f in feats]
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
@@ -101,16 +118,17 @@ def score(
     mode: str = "full",
     device="cpu",
     hyps_out: list | None = None,
+    decode=greedy_text,
 ) -> dict:
-    """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of greedy decoding in `mode` ('full' or 'stream').
+    """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of decoding (greedy unless `decode`) in a mode.
 
-    RTF covers feature extraction, the model and decoding (not file decoding), on this process's threads.
+    Modes: 'full' or 'stream'. RTF: features, model and decoding (not file reading) on this process's threads.
     """
     model.eval()
     wavs = [audio.load(u.path) for u in utts]
     t0 = time.perf_counter()
     feats = [features.extract(w, stats=stats) for w in wavs]
-    hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device)
+    hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device, decode)
     return figures(utts, hyps, time.perf_counter() - t0, hyps_out)
 
 
@@ -155,6 +173,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--peer", action="store_true", help="also score pocketsphinx on the same audio")
+    parser.add_argument(
+        "--lm", default="", help="beam search with this word ARPA LM (python -m asr.decoding build-lm)"
+    )
+    parser.add_argument("--lexicon", default="", help="beam search restricted to this lexicon")
+    parser.add_argument("--lm-weight", type=float, default=0.5, help="LM weight against acoustic scores")
+    parser.add_argument("--word-score", type=float, default=0.0, help="score added per word in beam search")
+    parser.add_argument("--beam", action="store_true", help="beam search (implied by --lm or --lexicon)")
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -162,11 +187,21 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, stats, _, _ = checkpoint.load(args.model)
+    decoder = None
+    if args.beam or args.lm or args.lexicon:
+        decoder = decoding.DecoderConfig(
+            method="beam",
+            lm_path=args.lm or None,
+            lexicon_path=args.lexicon or None,
+            lm_weight=args.lm_weight,
+            word_score=args.word_score,
+        )
+    decode = text_decoder(decoder)
     results = {}
     for m in args.manifests:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
-        results[name] = {mode: score(model, stats, utts, mode) for mode in args.modes}
+        results[name] = {mode: score(model, stats, utts, mode, decode=decode) for mode in args.modes}
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts)
     print(format_table(results, f"model {args.model}"))
