@@ -1,0 +1,41 @@
+"""The bundled model (models/default.pt) on real speech it never trained on."""
+
+import pytest
+import torch
+
+from asr import audio, checkpoint, evaluate
+from asr.data import read_manifest
+from asr.streaming import Recognizer
+
+pytestmark = pytest.mark.skipif(not checkpoint.DEFAULT_MODEL.exists(), reason="no bundled model")
+
+
+@pytest.fixture(scope="module")
+def held_out_digits(data_dir):
+    """Ten clips of each held-out FSDD speaker (theo, yweweler): every digit once each."""
+    utts = read_manifest(data_dir / "fsdd")
+    return [u for u in utts if u.speaker in ("theo", "yweweler") and u.path.endswith(("_7.flac", "_42.flac"))]
+
+
+def test_bundled_model_is_small_and_complete():
+    assert checkpoint.DEFAULT_MODEL.stat().st_size < 30e6
+    payload = checkpoint.read(checkpoint.DEFAULT_MODEL)
+    assert "optimizer" not in payload and payload["stats"]["std"]
+
+
+def test_transcribes_held_out_speakers(held_out_digits):
+    torch.set_num_threads(1)
+    assert len(held_out_digits) == 40
+    model, stats, _, _ = checkpoint.load()
+    hyps = []
+    result = evaluate.score(model, stats, held_out_digits, "full", hyps_out=hyps)
+    assert result["wer"] < 0.1, list(zip([u.text for u in held_out_digits], hyps, strict=True))
+    stream = evaluate.score(model, stats, held_out_digits, "stream")
+    assert stream["wer"] < 0.15
+
+
+def test_live_session_transcribes_a_real_clip(data_dir):
+    recognizer = Recognizer.load()
+    clip = data_dir / "fsdd" / "audio" / "7_theo_7.flac"
+    finals = recognizer.recognize(audio.load(clip))
+    assert " ".join(r.text for r in finals) == "seven"
