@@ -98,8 +98,13 @@ def write_manifest(path: str | os.PathLike, utterances: Iterable[Utterance]) -> 
 
 
 def shared_data_dir() -> Path:
-    """`../shared/data` next to the repository (override with ASR_SHARED_DATA)."""
+    """The shared speech data: $ASR_SHARED_DATA, else the nearest `shared/data` beside the repository or
+    one of its parent folders (`../shared/data` for a checkout next to `shared/`)."""
     env = os.environ.get("ASR_SHARED_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    repo = Path(__file__).resolve().parent.parent
+    for folder in repo.parents:
+        if (folder / "shared" / "data").is_dir():
+            return folder / "shared" / "data"
+    return repo.parent / "shared" / "data"
