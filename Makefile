@@ -10,7 +10,7 @@ STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/g
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
-.PHONY: install system-deps lint format test data train eval proto serve demo
+.PHONY: install system-deps lint format test data train eval lm proto serve demo
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -51,6 +51,11 @@ data: install  ## build the training/dev speech corpus under corpus/ (needs make
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
+
+lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + the corpus transcripts
+	cat ../shared/data/text/ljspeech-sentences.txt > corpus/lm-text.txt
+	$(PY) -c 'import json,sys; [print(json.loads(l)["text"]) for l in open("corpus/train.jsonl")]' >> corpus/lm-text.txt
+	$(PY) -m asr.decoding build-lm --text corpus/lm-text.txt --order 3 --out corpus/lm.arpa --lexicon corpus/lexicon.txt
 
 eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full/streaming, and pocketsphinx's
 	$(PY) -m asr.evaluate --peer --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)
