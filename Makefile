@@ -47,13 +47,14 @@ test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
 
 data: install  ## build the training/dev speech corpus under corpus/ (needs make system-deps; ~11 min on 2 cores)
-	nice -n 10 $(PY) scripts/build_corpus.py --out corpus
+	nice -n 10 $(PY) scripts/build_corpus.py --out corpus $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
 
 lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + the corpus transcripts
-	cat ../shared/data/text/ljspeech-sentences.txt > corpus/lm-text.txt
+	test -f corpus/train.jsonl || { echo "make lm needs the corpus: run make data first" >&2; exit 1; }
+	cat $$($(PY) -c 'from asr.data import shared_data_dir; print(shared_data_dir())')/text/ljspeech-sentences.txt > corpus/lm-text.txt
 	$(PY) -c 'import json,sys; [print(json.loads(l)["text"]) for l in open("corpus/train.jsonl")]' >> corpus/lm-text.txt
 	$(PY) -m asr.decoding build-lm --text corpus/lm-text.txt --order 3 --out corpus/lm.arpa --lexicon corpus/lexicon.txt
 

@@ -165,7 +165,9 @@ class StreamDecoder:
             check_rate(self.sample_rate)
         self.bytes_in = 0  # bytes fed so far
         self.finished = False
-        self._pending = b""  # raw bytes not yet decoded: a split frame, or a header / container buffer
+        self._pending = (
+            bytearray()
+        )  # raw bytes not yet decoded: a split frame, or a header / container buffer
         self._mode = "header"  # "raw": streaming frames; "buffer": decode everything at the end; "header"
         self._reader = None  # bytes -> float32 samples, in "raw" mode
         self._frame = 0  # bytes per frame, in "raw" mode
@@ -228,7 +230,7 @@ class StreamDecoder:
             return np.concatenate([out, self._resampler.finish()])
         if not self._pending:  # nothing was sent: no audio, no error
             return np.zeros(0, np.float32)
-        data, self._pending = self._pending, b""
+        data, self._pending = bytes(self._pending), bytearray()
         samples = decode(data, self.encoding, self.sample_rate, self.channels)
         self._resampler = StreamResampler(SAMPLE_RATE)
         self.input_rate = SAMPLE_RATE
@@ -248,7 +250,7 @@ class StreamDecoder:
             )
         if self._left is not None:
             self._left -= usable
-            self._pending = b"" if self._left == 0 else data[usable:]
+            self._pending = bytearray() if self._left == 0 else data[usable:]
         else:
             self._pending = data[usable:]
         if usable == 0:
@@ -266,7 +268,7 @@ class StreamDecoder:
         if expected and not head.startswith(expected):
             raise AudioError(
                 f"cannot decode {self._what()}: the stream does not start with a {self.encoding.value} "
-                f"header (first bytes {head[:4]!r})"
+                f"header (first bytes {bytes(head[:4])!r})"
             )
         if head.startswith(b"RIFF") and self.encoding in (Encoding.AUTO, Encoding.WAV):
             self._parse_wav()
@@ -277,7 +279,9 @@ class StreamDecoder:
         """Once the header up to the `data` chunk has arrived, switch to streaming its frames."""
         buf = self._pending
         if len(buf) >= 12 and buf[8:12] != b"WAVE":
-            raise AudioError(f"cannot decode {self._what()}: RIFF file is not WAVE (it says {buf[8:12]!r})")
+            raise AudioError(
+                f"cannot decode {self._what()}: RIFF file is not WAVE (it says {bytes(buf[8:12])!r})"
+            )
         pos, fmt = 12, None
         while len(buf) >= pos + 8:
             cid, size = buf[pos : pos + 4], struct.unpack("<I", buf[pos + 4 : pos + 8])[0]

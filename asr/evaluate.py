@@ -24,10 +24,6 @@ MODES = ("full", "stream")
 BATCH_FRAMES = 30000  # padded feature frames per batch in full-context mode
 
 
-def _load_feats(utts: list[Utterance], stats) -> list[torch.Tensor]:
-    return [features.extract(audio.load(u.path), stats=stats) for u in utts]
-
-
 @torch.no_grad()
 def greedy_text(log_probs: torch.Tensor) -> str:
     return decoding.greedy(log_probs).text
@@ -119,6 +115,7 @@ def score(
     device="cpu",
     hyps_out: list | None = None,
     decode=greedy_text,
+    feature_config: features.FeatureConfig = features.FeatureConfig(),
 ) -> dict:
     """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of decoding (greedy unless `decode`) in a mode.
 
@@ -127,7 +124,7 @@ def score(
     model.eval()
     wavs = [audio.load(u.path) for u in utts]
     t0 = time.perf_counter()
-    feats = [features.extract(w, stats=stats) for w in wavs]
+    feats = [features.extract(w, feature_config, stats) for w in wavs]
     hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device, decode)
     return figures(utts, hyps, time.perf_counter() - t0, hyps_out)
 
@@ -186,7 +183,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, stats, _, _ = checkpoint.load(args.model)
+    model, stats, fcfg, _ = checkpoint.load(args.model)
     decoder = None
     if args.beam or args.lm or args.lexicon:
         decoder = decoding.DecoderConfig(
@@ -201,7 +198,9 @@ def main(argv=None) -> None:
     for m in args.manifests:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
-        results[name] = {mode: score(model, stats, utts, mode, decode=decode) for mode in args.modes}
+        results[name] = {
+            mode: score(model, stats, utts, mode, decode=decode, feature_config=fcfg) for mode in args.modes
+        }
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts)
     print(format_table(results, f"model {args.model}"))

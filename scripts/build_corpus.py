@@ -704,6 +704,11 @@ def run_until(runner: Runner, corpus: Corpus, jobs: Iterator, seconds: float, bl
     with tqdm(total=max(round(seconds), 0), desc=desc, unit="s audio", dynamic_ncols=True) as bar:
         while total < seconds:
             batch = collect(corpus, runner.map([next(jobs) for _ in range(block)]), bar, by_seconds=True)
+            if not batch:  # every job of the block failed or was skipped: more blocks would too
+                raise SystemExit(
+                    f"{desc}: a block of {block} utterances produced no audio; last errors: "
+                    + "; ".join(corpus.errors[-3:])
+                )
             done += batch
             total += sum(u.duration for u in batch)
     return done

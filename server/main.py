@@ -210,7 +210,12 @@ def serve(args: argparse.Namespace, shutdown: Shutdown) -> int:
     log.info("listening on %s:%d (%s%s); loading %s", args.host, port, scheme, auth, args.model)
     if args.metrics_port is not None:
         mhost = args.metrics_host or args.host
-        mport = metrics.serve(mhost, args.metrics_port)
+        try:
+            mport = metrics.serve(mhost, args.metrics_port)
+        except OSError as err:
+            log.error("cannot serve metrics on %s:%s: %s", mhost, args.metrics_port, err)
+            server.stop(0).wait()
+            return 1
         print(f"metrics on http://{mhost}:{mport}/metrics", flush=True)
 
     engine = None

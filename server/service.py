@@ -37,6 +37,7 @@ log = logging.getLogger("asr.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name  # "asr.v1.Recognizer"
 END = object()  # the client half-closed the request stream
+CLOSED_POLL_S = 0.1  # how often a handler waiting for requests checks whether its call was cancelled
 QUEUE_MESSAGES = 32  # requests read ahead of recognition, per stream
 
 
@@ -234,13 +235,22 @@ class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
         return False
 
     def _next(self, call: Call, q: queue.Queue):
-        try:
-            item = q.get(timeout=self.limits.idle_timeout_s)
-        except queue.Empty:
-            raise Failure(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no request for {self.limits.idle_timeout_s:g} s: the stream was idle too long",
-            ) from None
+        """The next request; waits in short steps so a cancelled call frees its thread at once."""
+        deadline = time.monotonic() + self.limits.idle_timeout_s
+        while True:
+            if call.closed.is_set():  # cancelled: the reader may never get to queue the error
+                raise Failure(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Failure(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no request for {self.limits.idle_timeout_s:g} s: the stream was idle too long",
+                )
+            try:
+                item = q.get(timeout=min(CLOSED_POLL_S, left))
+                break
+            except queue.Empty:
+                continue
         if isinstance(item, BaseException):
             raise Failure(grpc.StatusCode.CANCELLED, "the request stream failed or was cancelled")
         return item
