@@ -10,7 +10,7 @@ STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/g
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
-.PHONY: install system-deps lint format test data train eval lm proto serve demo
+.PHONY: install system-deps lint format test data train eval lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -60,3 +60,9 @@ lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + 
 
 eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full/streaming, and pocketsphinx's
 	$(PY) -m asr.evaluate --peer --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)
+
+bench: install proto  ## speed of every stage against a peer in the same run; prints a table, writes runs/bench.json
+	$(PY) -m bench.run --json runs/bench.json $(BENCH_ARGS)
+
+test-reliability: install proto  ## fuzzing, disconnects, thousands of streams, cross-talk, SIGTERM, kill -9 in training
+	ASR_RELIABILITY=1 $(PY) -m pytest -q -s tests/reliability
