@@ -69,6 +69,7 @@ def test_sigterm_with_active_streams(model_path, tmp_path, figures, grace_s, rep
         f"grace {grace_s:g} s, {STREAMS} real-time streams of {repeat}x a clip, SIGTERM after 1.5 s: "
         f"{ {c.name: codes.count(c) for c in set(codes)} }; new call during drain: {late[0].name}; "
         f"exit code {code} {exit_s:.1f} s after SIGTERM"
+        + "".join(f"; {c.name}: {d!r}" for c, d in {(o[0], o[1]) for o in outcomes.values() if o[0] != C.OK})
     )
     assert code == 0, server.log()[-3000:]
     assert late[0] == C.UNAVAILABLE, late
