@@ -157,7 +157,9 @@ class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
                 failure.message,
             )
             context.abort(failure.code, failure.message)
-        context.add_callback(call.close)
+        if not context.add_callback(call.close):  # the call already ended (the client cancelled)
+            call.close()
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
         return call
 
     def _release(self, call: Call) -> None:
@@ -201,7 +203,7 @@ class RecognizerServicer(asr_pb2_grpc.RecognizerServicer):
         finally:
             if call.session is not None:  # again here: only this thread submits audio for the session
                 self.engine.close(call.session)
-            if call.code is not grpc.StatusCode.OK:
+            if call.code is not grpc.StatusCode.OK and call.context.is_active():
                 call.close()
                 call.context.abort(call.code, call.message)
             call.close()
