@@ -42,11 +42,11 @@ from torch import Tensor
 from asr import audio, checkpoint, decoding, features
 from asr.data import ManifestError
 from asr.decoding import Hypothesis
-from asr.evaluate import BATCH_FRAMES
 from asr.streaming import MAX_BATCH, Recognizer, StreamingConfig, Word, step_sessions
 
 MODES = ("full", "stream")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")  # libsndfile's
+BATCH_FRAMES = 30000  # padded feature frames per forward call in full-context mode
 BLOCK_FRAMES = 8 * BATCH_FRAMES  # feature frames (10 ms) gathered before the model runs: ~40 min of audio
 BLOCK_FILES = 512  # files gathered before the model runs, at most
 PREFETCH = 64  # files read ahead of the model, at most
@@ -156,17 +156,15 @@ class Transcript:
 
 
 @torch.no_grad()
-def decode_full(
+def full_log_probs(
     model, feats: Sequence[Tensor], device: str | torch.device = "cpu", batch_frames: int = BATCH_FRAMES
-) -> list[Hypothesis]:
-    """Greedy hypotheses of normalised (T, n_mels) features in full context, batched by length.
+) -> Iterator[tuple[int, Tensor]]:
+    """(index, (T', vocab) float CPU log-probs) of normalised (T, n_mels) features, full context.
 
-    The batching of `asr.evaluate.transcribe_full` (length-sorted, at most `batch_frames` padded frames per
-    forward call), keeping each hypothesis's token frames and confidences. Features too short for one output
-    frame give an empty hypothesis.
+    Length-sorted batches of at most `batch_frames` padded frames per forward call. Features too short for
+    one output frame are skipped.
     """
     S = model.config.subsample
-    out = [Hypothesis() for _ in feats]
     order = sorted((i for i in range(len(feats)) if feats[i].shape[0] >= S), key=lambda i: feats[i].shape[0])
     i = 0
     while i < len(order):
@@ -179,8 +177,17 @@ def decode_full(
         log_probs, out_len = model(x, lengths)
         log_probs = log_probs.float().cpu()
         for n, k in enumerate(idx):
-            out[k] = decoding.greedy(log_probs[n, : int(out_len[n])])
+            yield k, log_probs[n, : int(out_len[n])]
         i = j
+
+
+def decode_full(
+    model, feats: Sequence[Tensor], device: str | torch.device = "cpu", batch_frames: int = BATCH_FRAMES
+) -> list[Hypothesis]:
+    """Greedy hypotheses (token frames and confidences kept) of `full_log_probs`; too short: empty."""
+    out = [Hypothesis() for _ in feats]
+    for k, log_probs in full_log_probs(model, feats, device, batch_frames):
+        out[k] = decoding.greedy(log_probs)
     return out
 
 

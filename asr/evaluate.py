@@ -17,11 +17,11 @@ import jiwer
 import torch
 
 from asr import audio, checkpoint, decoding, features, text
+from asr.batch import full_log_probs
 from asr.data import Utterance, read_manifest
 from asr.model import DEFAULT_CHUNK, DEFAULT_RIGHT, AcousticModel, next_step
 
 MODES = ("full", "stream")
-BATCH_FRAMES = 30000  # padded feature frames per batch in full-context mode
 
 
 @torch.no_grad()
@@ -37,25 +37,13 @@ def text_decoder(config: decoding.DecoderConfig | None):
     return lambda log_probs: decoding.beam_search(log_probs, config, resources=resources)[0][0].text
 
 
-@torch.no_grad()
 def transcribe_full(
     model: AcousticModel, feats: list[torch.Tensor], device="cpu", decode=greedy_text
 ) -> list[str]:
     """Transcripts of normalised features, batched by length, full context (greedy unless `decode` says)."""
-    order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
-    out: list[str] = [""] * len(feats)
-    i = 0
-    while i < len(order):
-        j = i + 1
-        while j < len(order) and (j - i + 1) * feats[order[j]].shape[0] <= BATCH_FRAMES:
-            j += 1
-        idx = order[i:j]
-        x = torch.nn.utils.rnn.pad_sequence([feats[k] for k in idx], batch_first=True).to(device)
-        lengths = torch.tensor([feats[k].shape[0] for k in idx], device=device)
-        log_probs, out_len = model(x, lengths)
-        for n, k in enumerate(idx):
-            out[k] = decode(log_probs[n, : out_len[n]].float().cpu())
-        i = j
+    out = [""] * len(feats)
+    for k, log_probs in full_log_probs(model, feats, device):
+        out[k] = decode(log_probs)
     return out
 
 
