@@ -131,6 +131,9 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+FLUSH_S = 2.0  # at shutdown, time for finished calls to send their last responses
+
+
 class Shutdown:
     """SIGTERM/SIGINT: the first asks for a graceful drain, the second for an immediate stop."""
 
@@ -249,7 +252,9 @@ def serve(args: argparse.Namespace, shutdown: Shutdown) -> int:
             servicer.wait_idle(min(0.2, max(0.0, deadline - time.monotonic())))
         if servicer.active:
             log.warning("cancelling %d call(s) still in progress", servicer.active)
-        server.stop(0).wait()
+        # a call counts as done when its handler returns, before gRPC has sent its last messages: when none
+        # is left, stop() gets a moment to flush them instead of cancelling them
+        server.stop(0 if servicer.active or shutdown.forced.is_set() else FLUSH_S).wait()
         if engine is not None:
             engine.shutdown()
         metrics.stop()
