@@ -73,6 +73,7 @@ from asr.model import (
     AcousticModel,
     ModelState,
     next_step,
+    quantize_int8,
     stack_states,
     unstack_state,
 )
@@ -180,11 +181,11 @@ class Recognizer:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike = checkpoint.DEFAULT_MODEL, device: str | torch.device = "cpu"
-             ) -> Recognizer:  # fmt: skip
-        """A recognizer for a checkpoint file (default: the bundled model)."""
+    def load(cls, path: str | os.PathLike = checkpoint.DEFAULT_MODEL, device: str | torch.device = "cpu",
+             int8: bool = False) -> Recognizer:  # fmt: skip
+        """A recognizer for a checkpoint (default: the bundled model); `int8`: CPU int8 recurrent layers."""
         model, stats, feature_config, _ = checkpoint.load(path, device)
-        return cls(model, stats, feature_config)
+        return cls(quantize_int8(model) if int8 else model, stats, feature_config)
 
     @property
     def subsample(self) -> int:

@@ -36,8 +36,8 @@ class Engine:
         self.version = file_version(self.model_path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", **scheduler_options) -> Engine:
-        recognizer = Recognizer.load(path, device=device)
+    def load(cls, path: str | Path, device: str = "cpu", int8: bool = False, **scheduler_options) -> Engine:
+        recognizer = Recognizer.load(path, device=device, int8=int8)
         return cls(recognizer, BatchScheduler(recognizer, **scheduler_options), Path(path))
 
     def warm_up(self, config: StreamingConfig) -> float:

@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda, cuda:1)")
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 recurrent layers (CPU): ~3x faster per stream, same WER here",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -225,7 +230,7 @@ def serve(args: argparse.Namespace, shutdown: Shutdown) -> int:
     try:
         t0 = time.monotonic()
         try:
-            engine = Engine.load(args.model, args.device, max_batch=args.max_batch)
+            engine = Engine.load(args.model, args.device, int8=args.int8, max_batch=args.max_batch)
             warm_s = engine.warm_up(settings.stream)
         except Exception as err:
             log.error("cannot load the model %s: %s", args.model, err)

@@ -40,3 +40,14 @@ def test_live_session_transcribes_a_real_clip(data_dir, clip, text):
     recognizer = Recognizer.load()
     finals = recognizer.recognize(audio.load(data_dir / "fsdd" / "audio" / clip))
     assert " ".join(r.text for r in finals) == text
+
+
+def test_int8_recognizer_matches_float_accuracy(held_out_digits):
+    torch.set_num_threads(1)
+    float_rec, int8_rec = Recognizer.load(), Recognizer.load(int8=True)
+    refs = [u.text for u in held_out_digits]
+    wers = []
+    for rec in (float_rec, int8_rec):
+        hyps = [" ".join(r.text for r in rec.recognize(audio.load(u.path))) for u in held_out_digits]
+        wers.append(evaluate.error_rates(refs, hyps)[0])
+    assert wers[1] <= wers[0] + 0.05, wers

@@ -103,3 +103,20 @@ def test_next_step_cuts_like_forward_chunked():
 def test_bad_config():
     with pytest.raises(ValueError, match="rnn_type"):
         ModelConfig(rnn_type="transformer")
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_int8_copy_streams_closely_and_stays_close_to_float(rnn):
+    from asr.model import quantize_int8
+
+    model = make(rnn, True)
+    q = quantize_int8(model)
+    assert any("quantized" in type(m).__module__ for m in q.modules())
+    x, lengths = torch.randn(1, 240, 80), torch.tensor([240])
+    with torch.no_grad():
+        ref, n = q(x, lengths, 6, 3)
+        # activations are quantised per call, with ranges from what that call sees: close, not exact
+        assert (stream(q, x[0], 6, 3, random.Random(0)) - ref[0, : n[0]]).abs().max() < 1e-2
+        full, _ = model(x, lengths, 6, 3)
+        # int8 weights: the output distribution moves a little, not a lot
+        assert (ref.exp() - full.exp()).abs().max() < 0.1
