@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,12 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from asr import checkpoint
 from asr.features import FeatureStats
 from asr.model import PRESETS, AcousticModel
+from bench.server import ROOT, SERVICE, START_TIMEOUT_S, Server  # noqa: F401  (ROOT: for the tests)
 from server.gen.asr.v1 import asr_pb2 as pb
 from server.gen.asr.v1 import asr_pb2_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 60.0  # importing torch on a busy machine can take a while
-SERVICE = "asr.v1.Recognizer"
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
@@ -35,50 +27,12 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     return path
 
 
-class ServerProcess:
-    """`python -m server.main` in a subprocess on an ephemeral port; stderr (the log) goes to a file."""
+class ServerProcess(Server):
+    """The benchmark's server process (bench.server), under nice, health-checked over the test's own channel
+    (which may carry TLS and a token)."""
 
     def __init__(self, model: Path, log_path: Path, *args: str, env: dict | None = None):
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "server.main", "--model", str(model), "--port", "0", *args]
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            ["nice", "-n", "10", *cmd] if sys.platform.startswith("linux") else cmd,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.port = int(self._expect(r"listening on [^:]+:(\d+)"))
-        self.metrics_port = (
-            int(self._expect(r"metrics on http://[^:]+:(\d+)/")) if "--metrics-port" in args else None
-        )
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def _expect(self, pattern: str) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}") from None
-                continue
-            if m := re.search(pattern, line):
-                return m.group(1)
-        raise TimeoutError(f"server printed no line matching {pattern!r}:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text()
+        super().__init__(model, log_path, *args, nice=10, env=env)
 
     def wait_serving(self, channel: grpc.Channel, metadata=None) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -96,20 +50,6 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.2)
         raise TimeoutError(f"server not SERVING after {START_TIMEOUT_S} s:\n{self.log()}")
-
-    def send_signal(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 # ---- requests ------------------------------------------------------------------------------------------
