@@ -76,21 +76,28 @@ class Server:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Wait until health says SERVING (the model is loaded and warmed up)."""
+    def wait_serving(self, channel: grpc.Channel | None = None, timeout: float = START_TIMEOUT_S,
+                     metadata=None) -> None:  # fmt: skip
+        """Wait until health says SERVING (the model is loaded and warmed up); over `channel` when given
+        (one with TLS or a token), else over a plain loopback channel of its own."""
+        if channel is None:
+            with grpc.insecure_channel(self.address) as own:
+                return self.wait_serving(own, timeout, metadata)
+        stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                time.sleep(0.2)
+        while time.monotonic() < deadline:
+            try:
+                request = health_pb2.HealthCheckRequest(service=SERVICE)
+                if (
+                    stub.Check(request, timeout=5, metadata=metadata).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.2)
         raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
 
     def serving(self) -> bool:

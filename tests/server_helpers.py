@@ -10,12 +10,11 @@ from pathlib import Path
 
 import grpc
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asr import checkpoint
 from asr.features import FeatureStats
 from asr.model import PRESETS, AcousticModel
-from bench.server import ROOT, SERVICE, START_TIMEOUT_S, Server  # noqa: F401  (ROOT: for the tests)
+from bench.server import ROOT, SERVICE, Server  # noqa: F401  (ROOT, SERVICE: for the tests)
 from server.gen.asr.v1 import asr_pb2 as pb
 from server.gen.asr.v1 import asr_pb2_grpc
 
@@ -28,28 +27,10 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 class ServerProcess(Server):
-    """The benchmark's server process (bench.server), under nice, health-checked over the test's own channel
-    (which may carry TLS and a token)."""
+    """The benchmark's server process (bench.server), under nice so the test runner stays responsive."""
 
     def __init__(self, model: Path, log_path: Path, *args: str, env: dict | None = None):
         super().__init__(model, log_path, *args, nice=10, env=env)
-
-    def wait_serving(self, channel: grpc.Channel, metadata=None) -> None:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                status = stub.Check(
-                    health_pb2.HealthCheckRequest(service=SERVICE), timeout=5, metadata=metadata
-                )
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"server not SERVING after {START_TIMEOUT_S} s:\n{self.log()}")
 
 
 # ---- requests ------------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ from pathlib import Path
 import jiwer
 import pytest
 import soundfile as sf
-import torch
-from server_helpers import ROOT, ServerProcess, make_tiny_model, self_signed_cert
+from server_helpers import ROOT, ServerProcess, self_signed_cert
 
 from asr import audio, batch, checkpoint, features, text
 from asr.evaluate import transcribe_full
@@ -28,26 +27,8 @@ from asr.streaming import Recognizer, StreamingConfig, Word
 from scripts import stream, transcribe
 from server.gen.asr.v1 import asr_pb2 as pb
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLE = ROOT / "samples" / "goforward.flac"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a machine whose cores are busy, spinning OpenMP workers slow small steps 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def recognizer(model_path) -> Recognizer:
-    return Recognizer.load(model_path)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from server_helpers import (
     audio_request,
     config_request,
     finals,
-    make_tiny_model,
     recognition_config,
     self_signed_cert,
     stream_requests,
@@ -46,16 +45,6 @@ MAX_STREAMS = 3
 IDLE_S = 2.0
 MAX_AUDIO_S = 20.0
 MAX_MESSAGE = 1_500_000
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def recognizer(model_path) -> Recognizer:
-    return Recognizer.load(model_path)
 
 
 @pytest.fixture(scope="module")

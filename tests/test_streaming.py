@@ -28,16 +28,9 @@ from asr.model import DEFAULT_CHUNK, DEFAULT_RIGHT, AcousticModel, ModelConfig
 from asr.streaming import BatchScheduler, Recognizer, Result, StreamingConfig, step_sessions
 from asr.text import BLANK_ID, TOKEN_TO_ID
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 RATE = 16000
 ENERGY_THRESHOLD = 0.5  # mean normalised log-mel above which energy_model calls a feature frame speech
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
