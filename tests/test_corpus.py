@@ -157,8 +157,22 @@ def test_random_augment_is_finite_float32_and_deterministic(speech, kind):
     assert np.abs(first).max() <= 1.0
     assert np.array_equal(first, again) and params == params_again
     assert not np.array_equal(first, speech)
-    if kind != "speed":
+    if kind not in ("speed", "pause"):
         assert first.shape == speech.shape
+
+
+def test_pauses_are_inserted_between_words_and_keep_the_speech(data_dir):
+    x = audio.load(data_dir / "an4" / "audio" / "cen5-fash-b.flac")  # "p i t t s b u r g h", spelled
+    gaps = augment.word_gaps(x)
+    assert gaps[0] == 0 and gaps[-1] == x.size and len(gaps) == 5  # 4 stretches of sound, 3 gaps inside
+    pos = gaps[1]
+    out = augment.insert_pauses(x, [pos], [1.0], None)
+    assert out.size == x.size + augment.SAMPLE_RATE
+    assert np.all(out[pos : pos + augment.SAMPLE_RATE] == 0)  # digital silence where asked
+    assert np.allclose(out[:pos], x[:pos], atol=1e-4) and np.allclose(out[pos + 16000 :], x[pos:], atol=1e-4)
+    noisy = augment.insert_pauses(x, [0, x.size], [0.5, 0.5], -60.0)
+    rms = np.sqrt(np.mean(noisy[:8000].astype(np.float64) ** 2))
+    assert noisy.size == x.size + 16000 and 10 ** (-63 / 20) < rms < 10 ** (-57 / 20)
 
 
 def test_bad_arguments_are_clear_errors(speech):

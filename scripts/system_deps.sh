@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages for the training corpus (`make system-deps`): speech synthesisers from main, plus the
+# MBROLA and SVOX Pico voices from contrib/non-free, whose components this enables in Debian's apt sources
+# when they are missing (deb822 debian.sources or a one-line sources.list). Run as root.
+set -euo pipefail
+MAIN=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox)
+NONFREE=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 libttspico-utils)
+
+deb822=/etc/apt/sources.list.d/debian.sources
+if [ -f "$deb822" ]; then
+    sed -i -E '/^Components:/{/contrib/!s/$/ contrib/; /non-free( |$)/!s/$/ non-free/}' "$deb822"
+elif [ -f /etc/apt/sources.list ]; then
+    sed -i -E '/^deb .*debian/{/contrib/!s/$/ contrib/; / non-free( |$)/!s/$/ non-free/}' /etc/apt/sources.list
+fi
+apt-get update -q
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${MAIN[@]}"
+if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${NONFREE[@]}"; then
+    echo "warning: MBROLA/Pico voices not installable here; make data leaves those voices out" >&2
+fi
