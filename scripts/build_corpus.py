@@ -68,6 +68,7 @@ FSDD_TRAIN_SPEAKERS = ("george", "jackson", "lucas", "nicolas")  # FSDD speakers
 FSDD_TRAIN_SPLITS = ("train",)  # FSDD splits trained on (the official test split stays unseen)
 FSDD_DEV_SPEAKERS = ("theo", "yweweler")  # FSDD speakers held out for dev-fsdd (all their files)
 FSDD_AUG_COPIES = 4  # augmented copies of every FSDD training utterance (real speech is scarce)
+RECIPE_FILE = "recipe.json"  # what the files in a corpus folder were made with (resuming needs the same)
 SMALL_FSDD = 10  # FSDD training utterances in a --small build
 DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
 SMALL_DEV_SYNTH = 3  # the same for --small builds
@@ -844,6 +845,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_recipe(out: Path, recipe: dict) -> None:
+    """Resuming reuses existing files by name, so it is only safe with the same recipe: refuse otherwise."""
+    path = out / RECIPE_FILE
+    if path.exists() and json.loads(path.read_text(encoding="utf-8")) != recipe:
+        raise SystemExit(
+            f"{out} holds a corpus built with other voices, prompts or seed ({path}); its files would be "
+            "reused under the wrong transcripts: remove the folder or build into another one (--out)"
+        )
+    path.write_text(json.dumps(recipe, indent=1) + "\n", encoding="utf-8")
+
+
 def build(args: argparse.Namespace) -> Corpus:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -853,6 +865,15 @@ def build(args: argparse.Namespace) -> Corpus:
     voices = [v for v in all_voices() if v.engine in engines and v.key != dev_voice.key]
     if not voices:
         raise SystemExit("no synthesiser available: install espeak-ng, flite or festival (make system-deps)")
+    recipe = {
+        "seed": args.seed,
+        "voices": {v.key: v.weight for v in voices},
+        "dev_voice": dev_voice.key,
+        "prompts": PROMPT_WEIGHTS,
+        "ranges": {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "pad_s": PAD_RANGE_S, "peak": PEAK_RANGE},
+        "fsdd_aug_copies": FSDD_AUG_COPIES,
+    }
+    check_recipe(out, json.loads(json.dumps(recipe)))
     sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
     corpus = Corpus(out)
     fsdd_train, corpus.dev["dev-fsdd"] = fsdd_sets(data, SMALL_FSDD if args.small else None)

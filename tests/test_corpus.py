@@ -244,10 +244,12 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
     assert builder.main(argv) == 0  # a second run reuses every file and writes the same manifests
     assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == first
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == stamps
+    with pytest.raises(SystemExit, match="other voices, prompts or seed"):  # files would get wrong texts
+        builder.main([*argv, "--seed", "99"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["flite", "festival", "piper"])
+@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico"])
 def test_each_synthesiser_speaks(tmp_path, engine):
     builder = load_builder()
     if engine == "piper" and not builder.piper_available():
