@@ -63,6 +63,20 @@ def resample(samples: np.ndarray, sample_rate: int, target: int = SAMPLE_RATE) -
     return AF.resample(torch.from_numpy(samples), sample_rate, target).numpy()
 
 
+def parse_encoding(encoding: Encoding | str) -> Encoding:
+    """An Encoding from its name (any case); AudioError naming the known ones otherwise."""
+    try:
+        return Encoding(encoding.upper() if isinstance(encoding, str) else encoding)
+    except ValueError:
+        names = ", ".join(e.value for e in Encoding)
+        raise AudioError(f"unknown encoding {encoding!r}: expected one of {names}") from None
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> LINEAR16 bytes (16-bit sources come back exactly as they were)."""
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+
 def decode_raw(data: bytes, encoding: Encoding, sample_rate: int, channels: int = 1) -> np.ndarray:
     """Headerless LINEAR16 or MULAW bytes -> (frames, channels) float32 at `sample_rate`."""
     subtype, width = RAW_SUBTYPES[encoding]
@@ -112,11 +126,7 @@ def decode(
 
     `sample_rate` is required for LINEAR16 and MULAW; for containers, when given, it must match the header.
     """
-    try:
-        encoding = Encoding(encoding.upper() if isinstance(encoding, str) else encoding)
-    except ValueError:
-        names = ", ".join(e.value for e in Encoding)
-        raise AudioError(f"unknown encoding {encoding!r}: expected one of {names}") from None
+    encoding = parse_encoding(encoding)
     if encoding in RAW_SUBTYPES:
         if not sample_rate:
             raise AudioError(f"{encoding.value} audio needs a sample rate")

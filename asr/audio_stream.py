@@ -40,6 +40,7 @@ from asr.audio import (
     Encoding,
     check_rate,
     decode,
+    parse_encoding,
     to_mono,
 )
 
@@ -55,14 +56,6 @@ WAV_MAX_HEADER = 1 << 20  # bytes of chunks before `data` we are willing to wait
 _ULAW_TABLE = sf.read(
     io.BytesIO(bytes(range(256))), format="RAW", subtype="ULAW", samplerate=8000, channels=1, dtype="float32"
 )[0]
-
-
-def parse_encoding(encoding: Encoding | str) -> Encoding:
-    try:
-        return Encoding(encoding.upper() if isinstance(encoding, str) else encoding)
-    except ValueError:
-        names = ", ".join(e.value for e in Encoding)
-        raise AudioError(f"unknown encoding {encoding!r}: expected one of {names}") from None
 
 
 class StreamResampler:

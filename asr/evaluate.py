@@ -119,7 +119,6 @@ def score(
 
 def score_pocketsphinx(utts: list[Utterance], hyps_out: list | None = None) -> dict:
     """The same figures for pocketsphinx 5.1.1 with its bundled en-us model (our peer), on the same audio."""
-    import numpy as np
     from pocketsphinx import Decoder
 
     decoder = Decoder(samprate=audio.SAMPLE_RATE, loglevel="FATAL")
@@ -128,7 +127,7 @@ def score_pocketsphinx(utts: list[Utterance], hyps_out: list | None = None) -> d
     t0 = time.perf_counter()
     for w in wavs:
         decoder.start_utt()
-        decoder.process_raw((np.clip(w, -1, 1) * 32767).astype("<i2").tobytes(), full_utt=True)
+        decoder.process_raw(audio.to_pcm16(w), full_utt=True)
         decoder.end_utt()
         hyps.append(decoder.hyp().hypstr if decoder.hyp() else "")
     return figures(utts, hyps, time.perf_counter() - t0, hyps_out)

@@ -61,7 +61,7 @@ def speech_pcm(limit_s: float = 0.0) -> bytes:
         if limit_s and total >= limit_s:
             break
     x = np.concatenate(parts)
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    return audio.to_pcm16(x)
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -64,7 +64,7 @@ class InputError(Exception):
 
 
 def pcm16(samples: np.ndarray) -> bytes:
-    """float32 in [-1, 1] -> LINEAR16 bytes (16-bit sources come back exactly as they were)."""
+    """float32 in [-1, 1] -> LINEAR16 bytes, as `asr.audio.to_pcm16` (that one imports torch at start)."""
     return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
