@@ -501,8 +501,8 @@ def test_trained_model_streams_like_offline(default_rec, data_dir):
 @trained
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap of the bundled model: clips it gets right alone, joined by 1.5 s of digital silence, "
-    "come out split and garbled, even after training with inserted pauses; see README",
+    reason="known gap of the bundled model: FSDD clips it gets right alone, joined by 1.5 s of faint noise, "
+    "come out garbled, in full context too (it trained on FSDD digits one per utterance); see README",
 )
 def test_trained_model_long_audio_one_final_per_utterance(default_rec, data_dir):
     # held-out FSDD speakers (the bundled model is far from good on read sentences yet; see README)
