@@ -69,6 +69,11 @@ FSDD_TRAIN_SPLITS = ("train",)  # FSDD splits trained on (the official test spli
 FSDD_DEV_SPEAKERS = ("theo", "yweweler")  # FSDD speakers held out for dev-fsdd (all their files)
 FSDD_AUG_COPIES = 4  # augmented copies of every FSDD training utterance (real speech is scarce)
 RECIPE_FILE = "recipe.json"  # what the files in a corpus folder were made with (resuming needs the same)
+JOIN_SECONDS = 0.5 * 3600  # audio of joined short utterances (several digits or words from one speaker)
+JOIN_MAX_SOURCE_S = 3.0  # only utterances up to this long are joined
+JOIN_COUNT = (2, 5)  # utterances per join: from 2 up to 4
+JOIN_REAL_SHARE = 0.5  # share of the joins made of real (FSDD) speech; the rest synthetic
+SMALL_JOIN_SECONDS = 10.0  # the same for --small builds
 SMALL_FSDD = 10  # FSDD training utterances in a --small build
 DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
 SMALL_DEV_SYNTH = 3  # the same for --small builds
@@ -199,6 +204,16 @@ class AugJob:
     text: str  # the transcript, copied from the source
     speaker: str  # the speaker, copied from the source
     seed: int  # seeds the augmentation's parameters and noise
+
+
+@dataclass(frozen=True)
+class JoinJob:
+    path: str  # output file, relative to the corpus folder
+    sources: tuple[str, ...]  # absolute paths of short clean utterances of one speaker, in order
+    text: str  # their transcripts joined
+    speaker: str  # the speaker they share
+    gaps: tuple[float, ...]  # seconds of pause between consecutive sources
+    floor_db: float | None  # None: digital silence in the pauses; else a noise floor this many dB down
 
 
 @dataclass
@@ -477,6 +492,39 @@ def augmentation_jobs(
     return jobs
 
 
+def join_jobs(seed: int, real: list[Utterance], synthetic: list[Utterance], seconds: float) -> list[JoinJob]:
+    """About `seconds` of joins: 2-4 short utterances of one speaker with pauses between them, so that the
+    model hears several isolated words in one utterance (FSDD and the digit sweep have one word each).
+    JOIN_REAL_SHARE of the joins are of real speakers."""
+    groups = []
+    for utterances in (real, synthetic):
+        by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+        for u in utterances:
+            if u.duration <= JOIN_MAX_SOURCE_S:
+                by_speaker[u.speaker].append(u)
+        groups.append([us for _, us in sorted(by_speaker.items()) if len(us) >= JOIN_COUNT[1]])
+    jobs, total, index = [], 0.0, 0
+    while any(groups) and total < seconds:
+        rng = np.random.default_rng([seed, 6, index])
+        group = groups[0] if groups[0] and (rng.random() < JOIN_REAL_SHARE or not groups[1]) else groups[1]
+        pool = group[rng.integers(len(group))]
+        picked = [pool[i] for i in rng.choice(len(pool), size=int(rng.integers(*JOIN_COUNT)), replace=False)]
+        gaps = tuple(round(float(g), 2) for g in rng.uniform(*augment.PAUSE_RANGE_S, size=len(picked) - 1))
+        floor = None if rng.random() < augment.PAUSE_DIGITAL_SHARE else round(float(rng.uniform(-75, -50)), 1)
+        text = " ".join(u.text for u in picked)
+        path = f"aug/join/{index:06d}.flac"
+        jobs.append(JoinJob(path, tuple(u.path for u in picked), text, picked[0].speaker, gaps, floor))
+        total += sum(u.duration for u in picked) + sum(gaps)
+        index += 1
+    return jobs
+
+
+def join_audio(job: JoinJob) -> np.ndarray:
+    clips = [audio.load(p) for p in job.sources]
+    at = np.cumsum([c.size for c in clips[:-1]]).tolist()
+    return augment.insert_pauses(np.concatenate(clips), at, list(job.gaps), job.floor_db)
+
+
 # ------------------------------------------------------------------------------------------- synthesis
 
 
@@ -614,11 +662,11 @@ def synthesize(job: SynthJob) -> np.ndarray:
     return polish(samples, np.random.default_rng(job.seed))
 
 
-def entry(job: SynthJob | AugJob, seconds: float) -> Utterance:
+def entry(job: SynthJob | AugJob | JoinJob, seconds: float) -> Utterance:
     return Utterance(job.path, round(seconds, 3), job.text, job.speaker)
 
 
-def run_job(job: SynthJob | AugJob, out: Path) -> Result:
+def run_job(job: SynthJob | AugJob | JoinJob, out: Path) -> Result:
     """Make one file (unless it exists) and return its manifest entry; never raises."""
     path = out / job.path
     try:
@@ -627,6 +675,8 @@ def run_job(job: SynthJob | AugJob, out: Path) -> Result:
         if isinstance(job, SynthJob):
             samples = synthesize(job)
             low = MIN_SECONDS
+        elif isinstance(job, JoinJob):
+            samples, low = join_audio(job), 0.0
         else:
             samples, _ = augment.random_augment(
                 job.kind, audio.load(job.source), np.random.default_rng(job.seed)
@@ -872,6 +922,7 @@ def build(args: argparse.Namespace) -> Corpus:
         "prompts": PROMPT_WEIGHTS,
         "ranges": {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "pad_s": PAD_RANGE_S, "peak": PEAK_RANGE},
         "fsdd_aug_copies": FSDD_AUG_COPIES,
+        "join": [JOIN_MAX_SOURCE_S, JOIN_COUNT, JOIN_REAL_SHARE],
     }
     check_recipe(out, json.loads(json.dumps(recipe)))
     sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
@@ -891,6 +942,9 @@ def build(args: argparse.Namespace) -> Corpus:
         synthetic = corpus.clean[len(fsdd_train) :]
         jobs = augmentation_jobs(args.seed, synthetic, fsdd_train, out, aug_seconds)
         corpus.augmented = run_list(runner, corpus, jobs, "augment")
+        join_s = SMALL_JOIN_SECONDS if args.small else JOIN_SECONDS
+        joins = join_jobs(args.seed, fsdd_train, synthetic, join_s)
+        corpus.augmented += run_list(runner, corpus, joins, "join")
         if dev_voice.engine in engines:
             n = SMALL_DEV_SYNTH if args.small else DEV_SYNTH_UTTERANCES
             dev_stream = random_jobs(args.seed, 5, [dev_voice], sentences, "dev-synth")

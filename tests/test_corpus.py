@@ -201,6 +201,21 @@ def test_prompts_are_normalised_and_encodable(data_dir):
     assert builder.prepare_sentence("he lived on elm st") is None
 
 
+def test_joins_put_several_clips_of_one_speaker_in_one_utterance(data_dir):
+    builder = load_builder()
+    fsdd, _ = builder.fsdd_sets(data_dir)
+    jobs = builder.join_jobs(builder.SEED, fsdd[:200], [], 60.0)
+    assert jobs and jobs == builder.join_jobs(builder.SEED, fsdd[:200], [], 60.0)  # reproducible
+    by_path = {u.path: u for u in fsdd}
+    job = jobs[0]
+    sources = [by_path[p] for p in job.sources]
+    assert 2 <= len(sources) <= 4 and len({u.speaker for u in sources}) == 1
+    assert job.text == " ".join(u.text for u in sources) and len(job.gaps) == len(sources) - 1
+    samples = builder.join_audio(job)
+    expected = sum(audio.load(p).size for p in job.sources) + sum(int(g * SR) for g in job.gaps)
+    assert samples.size == expected
+
+
 def test_digit_sweep_covers_every_digit_for_every_voice():
     builder = load_builder()
     voices = [v for v in builder.all_voices() if v.engine in ("espeak-ng", "piper")]
@@ -226,6 +241,8 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
     train, clean = manifests["train"], manifests["train-clean"]
     assert {u.path for u in clean} < {u.path for u in train}
     assert any("/aug/" in u.path for u in train)
+    joins = [u for u in train if "/aug/join/" in u.path]
+    assert joins and all(len(u.text.split()) >= 2 for u in joins)  # several utterances of one speaker
     for u in train + manifests["dev-synth"]:
         samples = audio.load(u.path)
         assert samples.size / SR == pytest.approx(u.duration, abs=0.01)
