@@ -43,6 +43,7 @@ PAUSE_RANGE_S = (0.3, 2.0)  # length of each silence inserted by `pause`
 PAUSE_MAX = 3  # most pauses inserted into one utterance
 PAUSE_TOP_DB = 30  # audio this far below the peak counts as a gap between words
 PAUSE_DIGITAL_SHARE = 0.5  # share of pauses that are digital silence; the rest a faint noise floor
+PAUSE_FLOOR_RANGE_DB = (-75.0, -50.0)  # level of that noise floor, dB below full scale
 PEAK_LIMIT = 0.99  # outputs louder than this are scaled down so that 16-bit files do not clip
 
 
@@ -249,12 +250,19 @@ def _random_formant(samples, rng):
     return formant_shift(samples, alpha), {"alpha": round(alpha, 3)}
 
 
+def random_pause_floor(rng: np.random.Generator) -> float | None:
+    """What fills a pause: None (digital silence) or a noise-floor level in dB, drawn."""
+    if rng.random() < PAUSE_DIGITAL_SHARE:
+        return None
+    return round(float(rng.uniform(*PAUSE_FLOOR_RANGE_DB)), 1)
+
+
 def _random_pause(samples, rng):
     gaps = word_gaps(samples)
     k = int(rng.integers(1, min(PAUSE_MAX, len(gaps)) + 1))
     at = sorted(int(g) for g in rng.choice(gaps, size=k, replace=False))
     seconds = [round(float(s), 2) for s in rng.uniform(*PAUSE_RANGE_S, size=k)]
-    floor_db = None if rng.random() < PAUSE_DIGITAL_SHARE else round(float(rng.uniform(-75, -50)), 1)
+    floor_db = random_pause_floor(rng)
     return insert_pauses(samples, at, seconds, floor_db), {"at": at, "seconds": seconds, "floor_db": floor_db}
 
 

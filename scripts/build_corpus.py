@@ -510,7 +510,7 @@ def join_jobs(seed: int, real: list[Utterance], synthetic: list[Utterance], seco
         pool = group[rng.integers(len(group))]
         picked = [pool[i] for i in rng.choice(len(pool), size=int(rng.integers(*JOIN_COUNT)), replace=False)]
         gaps = tuple(round(float(g), 2) for g in rng.uniform(*augment.PAUSE_RANGE_S, size=len(picked) - 1))
-        floor = None if rng.random() < augment.PAUSE_DIGITAL_SHARE else round(float(rng.uniform(-75, -50)), 1)
+        floor = augment.random_pause_floor(rng)
         text = " ".join(u.text for u in picked)
         path = f"aug/join/{index:06d}.flac"
         jobs.append(JoinJob(path, tuple(u.path for u in picked), text, picked[0].speaker, gaps, floor))
@@ -537,30 +537,20 @@ def run_tts(cmd: list[str], stdin: str | None = None) -> None:
         raise RuntimeError(f"{cmd[0]} took longer than {TTS_TIMEOUT_S} s") from None
 
 
-def synth_espeak(job: SynthJob, wav: str) -> None:
+def run_espeak(voice: str, job: SynthJob, wav: str) -> None:
+    """espeak-ng with `voice`, at the job's rate and pitch."""
     pitch = int(np.clip(50 + job.pitch * 8, 0, 99))  # espeak's pitch is 0-99, default 50
-    voice = f"{job.voice.name}+{job.variant}" if job.variant else job.voice.name
-    run_tts(
-        [
-            "espeak-ng",
-            "-v",
-            voice,
-            "-s",
-            str(round(ESPEAK_DEFAULT_WPM * job.rate)),
-            "-p",
-            str(pitch),
-            "-w",
-            wav,
-            job.say,
-        ]
-    )
+    rate = str(round(ESPEAK_DEFAULT_WPM * job.rate))
+    run_tts(["espeak-ng", "-v", voice, "-s", rate, "-p", str(pitch), "-w", wav, job.say])
+
+
+def synth_espeak(job: SynthJob, wav: str) -> None:
+    run_espeak(f"{job.voice.name}+{job.variant}" if job.variant else job.voice.name, job, wav)
 
 
 def synth_mbrola(job: SynthJob, wav: str) -> None:
     """An MBROLA diphone voice driven by espeak-ng's front end (voice mb-NAME)."""
-    pitch = int(np.clip(50 + job.pitch * 8, 0, 99))
-    rate = str(round(ESPEAK_DEFAULT_WPM * job.rate))
-    run_tts(["espeak-ng", "-v", f"mb-{job.voice.name}", "-s", rate, "-p", str(pitch), "-w", wav, job.say])
+    run_espeak(f"mb-{job.voice.name}", job, wav)
 
 
 def synth_pico(job: SynthJob, wav: str) -> None:
