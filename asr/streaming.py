@@ -32,11 +32,16 @@ endpoint; its text never changes afterwards. Endpoints:
 - end of input (`finish()`).
 
 The utterance is cut at the exact frame where the endpoint is reached, also in the middle of a chunk; the rest
-of the chunk belongs to the next utterance. After an endpoint only the decoder is reset: the model state
-carries on (as in sherpa's endpointing), so the model hears one continuous stream and endpointing never
-changes its outputs; the finals of a stream together are the decode of the whole stream's log-probs. An
-utterance in which nothing was said restarts silently every `endpoint_silence_s`, so leading silence does not
-pile up. With `single_utterance` the session is `done` after the first final and ignores later audio.
+of the chunk belongs to the next utterance. After an endpoint the decoder starts a new utterance and, with
+`reset_at_endpoint` (the default), the model state goes back to zero at the next chunk boundary, so every
+utterance starts the way the model's training utterances did, however long the stream has run: a
+latency-controlled model that carried its state through long silence lost the next word's onset (see the
+README). The frames between the endpoint and that boundary are non-speech by construction. Without resets the
+model state carries on (as in sherpa's endpointing) and the finals of a stream together are the decode of
+the whole stream's log-probs; with them, of each stretch between resets (`Session.resets`) as a stream of
+its own. An utterance in which nothing was said restarts silently every `endpoint_silence_s` (resetting the
+model state too), so leading silence does not pile up. With `single_utterance` the session is `done` after the
+first final and ignores later audio.
 
 Memory and CPU per second of audio are bounded however long a stream runs: the session keeps the buffered
 frames of at most one chunk plus its look-ahead (plus the last piece of audio not yet stepped), the model
@@ -99,6 +104,7 @@ class StreamingConfig:
     single_utterance: bool = False  # stop after the first final result; later audio is ignored
     interim_results: bool = True  # emit partial results (is_final=False) while an utterance goes on
     max_alternatives: int = 1  # alternatives in a final result (more than one only with beam search)
+    reset_at_endpoint: bool = True  # zero the model state after an endpoint (see the module docstring)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # greedy unless it says beam
     hotwords: tuple[tuple[str, float], ...] = ()  # (phrase, boost per letter) biasing beam search
 
@@ -287,6 +293,8 @@ class Session:
         self._frames = 0  # output frames decoded since the stream started
         self._decoder = decoder
         self._outbox: list[Result] = []  # results not yet taken
+        self._reset_due = False  # an endpoint was reached: zero the model state at the next chunk boundary
+        self.resets: list[int] = []  # stream output frames where the model state was zeroed (diagnostics)
         self._new_utterance()
 
     # ---- per-utterance state -------------------------------------------------------------------------
@@ -363,6 +371,10 @@ class Session:
         self._state = state
         self._decode(log_probs)
         self._maybe_end()
+        if self._reset_due and not self.done:
+            self._reset_due = False
+            self._state = self.recognizer.model.init_state(1)
+            self.resets.append(self._frames)
 
     def step(self) -> None:
         """Step this session alone until it waits for audio."""
@@ -416,6 +428,7 @@ class Session:
                 self._close_utterance()
             if cut is not None and not self.done:
                 self._new_utterance()
+                self._reset_due |= cut != "max" and self.config.reset_at_endpoint
             i = j
         if self.config.interim_results and not self.done and self._utt_frames:
             self._emit_partial()

@@ -60,6 +60,8 @@ class TrainConfig:
     freq_width: int = 12  # widest frequency mask in mel bins
     time_masks: int = 2  # SpecAugment time masks per utterance
     time_width: int = 30  # widest time mask in frames
+    pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
+    pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
     full_context_prob: float = 0.4  # share of batches trained in full context; the rest latency-controlled
     chunk_min: int = 4  # smallest chunk (output frames) of a latency-controlled batch
     chunk_max: int = 16  # largest chunk
@@ -143,8 +145,30 @@ def make_batches(corpus: Corpus, cfg: TrainConfig, epoch: int, world: int) -> li
     return batches[: len(batches) // world * world] if world > 1 else batches
 
 
-def collate(corpus: Corpus, idx: list[int], stats: features.FeatureStats, device):
+def extend_nonspeech(feats: torch.Tensor, lead: int, trail: int, generator: torch.Generator) -> torch.Tensor:
+    """(T, n_mels) log-mel -> (lead + T + trail, n_mels): frames drawn from the utterance's own quietest tenth
+    (its background: digital silence and dither, or a recording's room noise) put before and after it.
+
+    The corpus pads utterances with at most half a second of silence, but a stream or a long file has
+    seconds of non-speech between utterances; without this the model emits letters in a long silence and
+    loses the next word's onset.
+    """
+    k = max(1, feats.shape[0] // 10)
+    quiet = feats.float().sum(-1).topk(k, largest=False).indices
+    extra = feats[quiet[torch.randint(k, (lead + trail,), generator=generator)]]
+    return torch.cat([extra[:lead], feats, extra[lead:]])
+
+
+def collate(
+    corpus: Corpus, idx: list[int], stats: features.FeatureStats, device, pad_frames: int = 0, seed: int = 0
+):
+    """A padded, normalised batch. With `pad_frames`, each utterance gets up to that many frames of its own
+    background before and after it (`extend_nonspeech`, lengths drawn from `seed`)."""
     feats = [corpus.feats[i] for i in idx]
+    if pad_frames:
+        gen = torch.Generator().manual_seed(seed)
+        ends = torch.randint(pad_frames + 1, (len(feats), 2), generator=gen).tolist()
+        feats = [extend_nonspeech(f, lead, trail, gen) for f, (lead, trail) in zip(feats, ends, strict=True)]
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
@@ -269,10 +293,13 @@ def train(cfg: TrainConfig) -> dict:
         for b in range(start, len(mine)):
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-            x, lengths, targets, target_lengths = collate(ec, mine[b], stats, device)
-            if epoch >= cfg.clean_epochs:
-                x = spec_augment(x, cfg)
             rng = random.Random(cfg.seed * 7919 + step)
+            augment = epoch >= cfg.clean_epochs
+            pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
+            batch = collate(ec, mine[b], stats, device, pad, seed=cfg.seed * 7919 + step)
+            x, lengths, targets, target_lengths = batch
+            if augment:
+                x = spec_augment(x, cfg)
             chunk = (
                 None if rng.random() < cfg.full_context_prob else rng.randint(cfg.chunk_min, cfg.chunk_max)
             )

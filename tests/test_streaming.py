@@ -217,10 +217,13 @@ def test_streamed_final_equals_offline_stream_decode(random_rec, an4, sentence, 
 
 
 def test_endpoints_split_the_stream_decode_without_changing_it(random_rec, an4):
-    """Model state carries over endpoints: the finals together spell the decode of the whole stream."""
+    """Without resets the model state carries over endpoints: the finals together spell the decode of the
+    whole stream."""
     samples, _ = join([a for a, _ in an4[:4]], gap_s=1.2)
-    config = StreamingConfig(endpoint_silence_s=0.3)
-    results = run(random_rec.session(config), pieces(samples, random.Random(1)))
+    config = StreamingConfig(endpoint_silence_s=0.3, reset_at_endpoint=False)
+    session = random_rec.session(config)
+    results = run(session, pieces(samples, random.Random(1)))
+    assert session.resets == []
     feats = features.extract(samples, stats=random_rec.stats)
     offline = greedy(stream_log_probs(random_rec.model, feats, config.chunk, config.right))
     got = finals(results)
@@ -228,6 +231,30 @@ def test_endpoints_split_the_stream_decode_without_changing_it(random_rec, an4):
     assert "".join(r.text for r in got).replace(" ", "") == offline.text.replace(" ", "")
     for a, b in zip(got, got[1:], strict=False):
         assert a.end_s <= b.start_s
+
+
+def test_endpoints_reset_the_model_state_at_the_next_chunk(random_rec, an4):
+    """With resets (the default) each stretch between resets is decoded as if it were a stream of its own,
+    look-ahead included; resets come only after an endpoint, at a chunk boundary."""
+    samples, _ = join([a for a, _ in an4[:4]], gap_s=1.2)
+    config = StreamingConfig(endpoint_silence_s=0.3)
+    session = random_rec.session(config)
+    results = run(session, pieces(samples, random.Random(1)))
+    got = finals(results)
+    assert len(got) > 1 and session.resets
+    assert all(r % config.chunk == 0 for r in session.resets)
+    feats = features.extract(samples, stats=random_rec.stats)
+    S = random_rec.subsample
+    bounds = [0, *session.resets, None]
+    parts = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        end = None if b is None else (b + config.right) * S
+        lp = stream_log_probs(random_rec.model, feats[a * S : end], config.chunk, config.right)
+        parts.append(lp if b is None else lp[: b - a])
+    offline = greedy(torch.cat(parts))
+    assert "".join(r.text for r in got).replace(" ", "") == offline.text.replace(" ", "")
+    whole = stream_log_probs(random_rec.model, feats, config.chunk, config.right)
+    assert not torch.allclose(whole, torch.cat(parts))  # the resets changed what the model heard
 
 
 def test_bad_audio_is_rejected(energy_rec):

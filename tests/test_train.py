@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from asr import checkpoint, evaluate, train
+from asr import audio, checkpoint, evaluate, features, train
 from asr.data import read_manifest, write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,32 @@ def test_lr_schedule():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[100] == pytest.approx(1e-5)
+
+
+def test_extend_nonspeech_adds_the_utterances_own_background(data_dir):
+    utt = read_manifest(data_dir / "fsdd")[0]
+    feats = features.extract(audio.load(utt.path))
+    energy = feats.sum(-1)
+    out = train.extend_nonspeech(feats, 150, 70, torch.Generator().manual_seed(0))
+    assert out.shape == (150 + len(feats) + 70, feats.shape[1])
+    assert torch.equal(out[150 : 150 + len(feats)], feats)
+    added = torch.cat([out[:150], out[-70:]]).sum(-1)
+    assert added.max() <= energy.quantile(0.1) + 1e-4  # only the quietest tenth of its frames
+    assert added.mean() < energy.mean() - 50  # far below the utterance's mean log-mel energy
+    assert len(set(added.tolist())) > 1  # drawn frames, not one frame repeated
+
+
+def test_collate_pads_a_batch_reproducibly(handful):
+    corpus = train.load_corpus((str(handful),), 16.0, "t", quiet=True)
+    stats = train.compute_stats(corpus, 100, 0)
+    idx = [0, 1, 2]
+    plain = train.collate(corpus, idx, stats, "cpu")
+    padded = train.collate(corpus, idx, stats, "cpu", pad_frames=200, seed=5)
+    again = train.collate(corpus, idx, stats, "cpu", pad_frames=200, seed=5)
+    assert torch.equal(padded[0], again[0]) and torch.equal(padded[1], again[1])
+    grown = padded[1] - plain[1]
+    assert (grown >= 0).all() and (grown <= 400).all() and grown.sum() > 0
+    assert torch.equal(padded[2], plain[2])  # targets unchanged
 
 
 def run_train(args, **popen):
