@@ -9,7 +9,7 @@ PROTO := proto/asr/v1/asr.proto
 STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 
-.PHONY: install system-deps lint format test data train eval lm proto serve demo bench test-reliability
+.PHONY: install system-deps lint format test data train eval eval-long lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -49,6 +49,9 @@ data: install  ## build the training/dev speech corpus under corpus/ (needs make
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)
+
+eval-long: install  ## WER of whole streaming sessions on long audio (joined clips, long silences), resets off/on
+	$(PY) scripts/eval_long.py --model $(or $(MODEL),models/default.pt)
 
 lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + the corpus transcripts
 	test -f corpus/train.jsonl || { echo "make lm needs the corpus: run make data first" >&2; exit 1; }
