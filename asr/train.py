@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import torchaudio
 from tqdm import tqdm
 
@@ -62,6 +63,7 @@ class TrainConfig:
     time_width: int = 30  # widest time mask in frames
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
+    pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on the added non-speech (0: none)
     full_context_prob: float = 0.4  # share of batches trained in full context; the rest latency-controlled
     chunk_min: int = 4  # smallest chunk (output frames) of a latency-controlled batch
     chunk_max: int = 16  # largest chunk
@@ -162,9 +164,11 @@ def extend_nonspeech(feats: torch.Tensor, lead: int, trail: int, generator: torc
 def collate(
     corpus: Corpus, idx: list[int], stats: features.FeatureStats, device, pad_frames: int = 0, seed: int = 0
 ):
-    """A padded, normalised batch. With `pad_frames`, each utterance gets up to that many frames of its own
-    background before and after it (`extend_nonspeech`, lengths drawn from `seed`)."""
+    """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `added` (B, T),
+    True on frames that `pad_frames` added. With `pad_frames`, each utterance gets up to that many frames of
+    its own background before and after it (`extend_nonspeech`, lengths drawn from `seed`)."""
     feats = [corpus.feats[i] for i in idx]
+    ends = [(0, 0)] * len(feats)
     if pad_frames:
         gen = torch.Generator().manual_seed(seed)
         ends = torch.randint(pad_frames + 1, (len(feats), 2), generator=gen).tolist()
@@ -172,9 +176,31 @@ def collate(
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
+    frame = torch.arange(x.shape[1])
+    added = torch.stack(  # the lead and the trail, nothing beyond the length
+        [
+            (frame < lead) | ((frame >= n - trail) & (frame < n))
+            for n, (lead, trail) in zip(lengths.tolist(), ends, strict=True)
+        ]
+    )
     targets = torch.cat([corpus.targets[i] for i in idx])
     target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
-    return x.to(device), lengths.to(device), targets.to(device), target_lengths.to(device)
+    return x.to(device), lengths.to(device), targets.to(device), target_lengths.to(device), added.to(device)
+
+
+def nonspeech_blank_loss(log_probs: torch.Tensor, added: torch.Tensor, subsample: int, margin: int = 2):
+    """Summed -log P(blank) over the output frames that lie wholly in added non-speech, `margin` output
+    frames away from the speech. log_probs (B, T', vocab); added (B, T) input frames.
+
+    CTC alone lets a bidirectional model put a word's first letter anywhere before the word, and ours learnt
+    to put it on the first frame of the utterance: fine in full context, a blind guess ("e") with a small
+    right context, so streaming lost onsets after long silence. This loss rules those alignments out.
+    """
+    speech = (~added).float()[:, None]  # (B, 1, T), padding beyond a length counts as speech: never asked
+    speech = F.max_pool1d(speech, subsample, subsample, ceil_mode=True)
+    speech = F.max_pool1d(speech, 2 * margin + 1, 1, padding=margin)[:, 0]  # (B, T'')
+    n = min(speech.shape[1], log_probs.shape[1])
+    return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n])).sum()
 
 
 def spec_augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -297,7 +323,7 @@ def train(cfg: TrainConfig) -> dict:
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             batch = collate(ec, mine[b], stats, device, pad, seed=cfg.seed * 7919 + step)
-            x, lengths, targets, target_lengths = batch
+            x, lengths, targets, target_lengths, added = batch
             if augment:
                 x = spec_augment(x, cfg)
             chunk = (
@@ -308,7 +334,12 @@ def train(cfg: TrainConfig) -> dict:
                 group["lr"] = get_lr(step, cfg, total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 log_probs, out_len = ddp(x, lengths, chunk, right)
-            loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths) / len(mine[b])
+            loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths)
+            if pad and cfg.pad_blank_weight:
+                loss = loss + cfg.pad_blank_weight * nonspeech_blank_loss(
+                    log_probs, added, model_config.subsample
+                )
+            loss = loss / len(mine[b])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)

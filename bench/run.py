@@ -364,7 +364,7 @@ def bench_training(preset: str, utts: list[Utterance], steps: int, device: str) 
         audio_s, elapsed, utt_count = 0.0, 0.0, 0
         for i in range(steps + 1):  # the first step warms up and is not timed
             batch = batches[i % len(batches)]
-            x, lengths, targets, target_lengths = tr.collate(corpus, batch, stats, dev)
+            x, lengths, targets, target_lengths, _ = tr.collate(corpus, batch, stats, dev)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

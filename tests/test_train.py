@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -96,6 +97,21 @@ def test_collate_pads_a_batch_reproducibly(handful):
     grown = padded[1] - plain[1]
     assert (grown >= 0).all() and (grown <= 400).all() and grown.sum() > 0
     assert torch.equal(padded[2], plain[2])  # targets unchanged
+    assert not plain[4].any()
+    added = padded[4]
+    for row, n, g in zip(added, padded[1].tolist(), grown.tolist(), strict=True):
+        assert row.sum() == g and not row[n:].any()  # the added frames, nothing beyond the length
+
+
+def test_nonspeech_blank_loss_asks_for_blank_away_from_speech():
+    added = torch.zeros(2, 30, dtype=torch.bool)
+    added[0, :12] = True  # 12 input frames of lead: output frames 0-3, of which 0-1 are 2 frames from speech
+    uniform = torch.log_softmax(torch.zeros(2, 10, 29), -1)
+    loss = train.nonspeech_blank_loss(uniform, added, subsample=3)
+    assert loss.item() == pytest.approx(2 * math.log(29), rel=1e-5)
+    sure = uniform.clone()
+    sure[..., 0] = 0.0  # log P(blank) = 0 everywhere: nothing to ask
+    assert train.nonspeech_blank_loss(sure, added, subsample=3).item() == 0.0
 
 
 def run_train(args, **popen):
