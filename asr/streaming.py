@@ -32,16 +32,16 @@ endpoint; its text never changes afterwards. Endpoints:
 - end of input (`finish()`).
 
 The utterance is cut at the exact frame where the endpoint is reached, also in the middle of a chunk; the rest
-of the chunk belongs to the next utterance. After an endpoint the decoder starts a new utterance and, with
-`reset_at_endpoint` (the default), the model state goes back to zero at the next chunk boundary, so every
-utterance starts the way the model's training utterances did, however long the stream has run: a
-latency-controlled model that carried its state through long silence lost the next word's onset (see the
-README). The frames between the endpoint and that boundary are non-speech by construction. Without resets the
-model state carries on (as in sherpa's endpointing) and the finals of a stream together are the decode of
-the whole stream's log-probs; with them, of each stretch between resets (`Session.resets`) as a stream of
-its own. An utterance in which nothing was said restarts silently every `endpoint_silence_s` (resetting the
-model state too), so leading silence does not pile up. With `single_utterance` the session is `done` after the
-first final and ignores later audio.
+of the chunk belongs to the next utterance. After an endpoint only the decoder is reset by default: the model
+state carries on (as in sherpa's endpointing), so the model hears one continuous stream and the finals of a
+stream together are the decode of the whole stream's log-probs. With `reset_at_endpoint` the model state
+also goes back to zero at the next chunk boundary (the frames between the endpoint and it are non-speech by
+construction), so every utterance starts as a training utterance did; the finals are then the decode of each
+stretch between resets (`Session.resets`) as a stream of its own. With the bundled model resets are worse on
+padded an4 clips and better on joined FSDD digits (`make eval-long`, README), so they are off by default. An
+utterance in which nothing was said restarts silently every `endpoint_silence_s` (resetting the model state
+too when resets are on), so leading silence does not pile up. With `single_utterance` the session is `done`
+after the first final and ignores later audio.
 
 Memory and CPU per second of audio are bounded however long a stream runs: the session keeps the buffered
 frames of at most one chunk plus its look-ahead (plus the last piece of audio not yet stepped), the model
@@ -104,7 +104,7 @@ class StreamingConfig:
     single_utterance: bool = False  # stop after the first final result; later audio is ignored
     interim_results: bool = True  # emit partial results (is_final=False) while an utterance goes on
     max_alternatives: int = 1  # alternatives in a final result (more than one only with beam search)
-    reset_at_endpoint: bool = True  # zero the model state after an endpoint (see the module docstring)
+    reset_at_endpoint: bool = False  # zero the model state after an endpoint (see the module docstring)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # greedy unless it says beam
     hotwords: tuple[tuple[str, float], ...] = ()  # (phrase, boost per letter) biasing beam search
 

@@ -320,16 +320,16 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.max_steps and step >= cfg.max_steps:
                 break
             rng = random.Random(cfg.seed * 7919 + step)
+            chunk = (
+                None if rng.random() < cfg.full_context_prob else rng.randint(cfg.chunk_min, cfg.chunk_max)
+            )
+            right = rng.randint(cfg.right_min, cfg.right_max)
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             batch = collate(ec, mine[b], stats, device, pad, seed=cfg.seed * 7919 + step)
             x, lengths, targets, target_lengths, added = batch
             if augment:
                 x = spec_augment(x, cfg)
-            chunk = (
-                None if rng.random() < cfg.full_context_prob else rng.randint(cfg.chunk_min, cfg.chunk_max)
-            )
-            right = rng.randint(cfg.right_min, cfg.right_max)
             for group in optimizer.param_groups:
                 group["lr"] = get_lr(step, cfg, total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
