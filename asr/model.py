@@ -291,7 +291,7 @@ def next_step(available: int, chunk: int, right: int, subsample: int, final: boo
 def quantize_int8(model: AcousticModel) -> AcousticModel:
     """A CPU copy whose recurrent layers run with dynamic int8 weights (torch's dynamic quantisation).
 
-    Inference only. Streaming one utterance at a time ran about 3x faster on this CPU at the same WER
+    Inference only. Streaming one utterance at a time ran about 3x faster on this CPU, WER within half a point
     (README, Performance). Activations are quantised per call with the ranges that call sees, so `step()`
     matches the chunked `forward()` only closely (~1e-3 in log-probability), not exactly.
     """

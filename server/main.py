@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="int8 recurrent layers (CPU): ~3x faster per stream, same WER here",
+        help="int8 recurrent layers (CPU): ~3x faster per stream, WER within half a point here",
     )
     p.add_argument(
         "--threads",
