@@ -152,8 +152,8 @@ def extend_nonspeech(feats: torch.Tensor, lead: int, trail: int, generator: torc
     (its background: digital silence and dither, or a recording's room noise) put before and after it.
 
     The corpus pads utterances with at most half a second of silence, but a stream or a long file has
-    seconds of non-speech between utterances; without this the model emits letters in a long silence and
-    loses the next word's onset.
+    seconds of non-speech between utterances. Padding alone did not stop the model from emitting a word's
+    first letter at the start of the utterance; with `nonspeech_blank_loss` on the added frames it did.
     """
     k = max(1, feats.shape[0] // 10)
     quiet = feats.float().sum(-1).topk(k, largest=False).indices

@@ -4,7 +4,7 @@
 
 `make eval` scores utterances as they are cut in the dev sets, with at most a second of silence around them.
 A live stream or a long file is different: seconds of background between utterances, several utterances in
-one stream. Two sets from `../shared/data` show how the bundled model copes with that:
+one stream. Three sets from `../shared/data` show how the bundled model copes with that:
 
 - "fsdd joined": held-out FSDD speakers (theo, yweweler), 5 clips per file joined by 1.5 s of faint noise
   (the reference is the 5 digits);
@@ -42,7 +42,7 @@ def noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
 def long_sets(limit: int = 0) -> dict[str, list[tuple[np.ndarray, str]]]:
     """Set name -> [(samples, reference)], built from ../shared/data with fixed seeds."""
     data, rng = shared_data_dir(), np.random.default_rng(0)
-    fsdd = [u for u in read_manifest(data / "fsdd") if u.path.split("/")[-1].split("_")[1] in DEV_SPEAKERS]
+    fsdd = [u for u in read_manifest(data / "fsdd") if u.speaker in DEV_SPEAKERS]
     random.Random(0).shuffle(fsdd)
     fsdd = fsdd[: (limit or 20) * JOIN]
     joined = []
