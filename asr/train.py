@@ -319,14 +319,15 @@ def train(cfg: TrainConfig) -> dict:
         for b in range(start, len(mine)):
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-            rng = random.Random(cfg.seed * 7919 + step)
+            step_seed = cfg.seed * 7919 + step  # this step's draws depend on nothing else (resumable)
+            rng = random.Random(step_seed)
             chunk = (
                 None if rng.random() < cfg.full_context_prob else rng.randint(cfg.chunk_min, cfg.chunk_max)
             )
             right = rng.randint(cfg.right_min, cfg.right_max)
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
-            batch = collate(ec, mine[b], stats, device, pad, seed=cfg.seed * 7919 + step)
+            batch = collate(ec, mine[b], stats, device, pad, seed=step_seed)
             x, lengths, targets, target_lengths, added = batch
             if augment:
                 x = spec_augment(x, cfg)

@@ -58,8 +58,7 @@ def long_sets(limit: int = 0) -> dict[str, list[tuple[np.ndarray, str]]]:
 
 def transcribe(rec: Recognizer, samples: np.ndarray, config: StreamingConfig) -> tuple[str, int]:
     """The finals of one session over the whole file, joined, and how many there were."""
-    session = rec.session(config)
-    finals = [r.text for r in session.accept(samples) + session.finish() if r.is_final]
+    finals = [r.text for r in rec.recognize(samples, config)]
     return " ".join(finals), len(finals)
 
 
