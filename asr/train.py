@@ -63,7 +63,12 @@ class TrainConfig:
     time_width: int = 30  # widest time mask in frames
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
-    pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on the added non-speech (0: none)
+    pad_blank_weight: float = (
+        1.0  # weight of the loss that asks for blank on non-speech: added and quiet (0: none)
+    )
+    quiet_min_s: float = (
+        0.3  # quiet stretches this long in the audio count as non-speech too (0: only the added)
+    )
     full_context_prob: float = 0.4  # share of batches trained in full context; the rest latency-controlled
     chunk_min: int = 4  # smallest chunk (output frames) of a latency-controlled batch
     chunk_max: int = 16  # largest chunk
@@ -161,42 +166,85 @@ def extend_nonspeech(feats: torch.Tensor, lead: int, trail: int, generator: torc
     return torch.cat([extra[:lead], feats, extra[lead:]])
 
 
+def quiet_frames(
+    feats: torch.Tensor, min_frames: int, floor_db: float = 6.0, min_range_db: float = 13.0, trim: int = 5
+) -> torch.Tensor:
+    """(T, n_mels) log-mel -> (T,) bool: frames in stretches of at least `min_frames` whose loudness (mean
+    log-mel) stays within `floor_db` of the utterance's quietest tenth, less `trim` frames at each inner edge.
+    These are the corpus's leading and trailing pads, the pauses of joins and of pause augmentation, and a
+    recording's own silences. Nothing is marked where the quietest and loudest tenths lie less than
+    `min_range_db` apart (heavy noise or reverberation), because there quiet is not told from speech.
+
+    With `nonspeech_blank_loss` on them, a word's last letter has to come out before the pause after it:
+    CTC alone let the model hold it back until the next word began, so a stream's final lost it.
+    """
+    loud = feats.float().mean(-1) * (10 / math.log(10))  # dB (features are natural-log power)
+    low, high = loud.quantile(0.1), loud.quantile(0.9)
+    if min_frames <= 0 or high - low < min_range_db:
+        return torch.zeros(len(loud), dtype=torch.bool)
+    quiet = loud < low + floor_db
+    run = torch.cat([torch.ones(1, dtype=torch.bool), quiet[1:] != quiet[:-1]]).cumsum(0) - 1
+    quiet &= torch.bincount(run)[run] >= min_frames
+    near = F.max_pool1d(
+        (~quiet).float()[None, None], 2 * trim + 1, 1, padding=trim
+    )  # the edge is not trimmed
+    return near[0, 0] == 0
+
+
 def collate(
-    corpus: Corpus, idx: list[int], stats: features.FeatureStats, device, pad_frames: int = 0, seed: int = 0
+    corpus: Corpus,
+    idx: list[int],
+    stats: features.FeatureStats,
+    device,
+    pad_frames: int = 0,
+    seed: int = 0,
+    quiet_min: int = 0,
 ):
-    """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `added` (B, T),
-    True on frames that `pad_frames` added. With `pad_frames`, each utterance gets up to that many frames of
-    its own background before and after it (`extend_nonspeech`, lengths drawn from `seed`)."""
+    """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `nonspeech` (B, T).
+    With `pad_frames`, each utterance gets up to that many frames of its own background before and after it
+    (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
+    `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`)."""
     feats = [corpus.feats[i] for i in idx]
-    ends = [(0, 0)] * len(feats)
+    ends = torch.zeros(len(feats), 2, dtype=torch.long).tolist()
     if pad_frames:
         gen = torch.Generator().manual_seed(seed)
         ends = torch.randint(pad_frames + 1, (len(feats), 2), generator=gen).tolist()
+    nonspeech = [
+        torch.cat(
+            [
+                torch.ones(lead, dtype=torch.bool),
+                quiet_frames(f, quiet_min),
+                torch.ones(trail, dtype=torch.bool),
+            ]
+        )
+        for f, (lead, trail) in zip(feats, ends, strict=True)
+    ]
+    if pad_frames:
         feats = [extend_nonspeech(f, lead, trail, gen) for f, (lead, trail) in zip(feats, ends, strict=True)]
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
-    frame = torch.arange(x.shape[1])
-    added = torch.stack(  # the lead and the trail, nothing beyond the length
-        [
-            (frame < lead) | ((frame >= n - trail) & (frame < n))
-            for n, (lead, trail) in zip(lengths.tolist(), ends, strict=True)
-        ]
-    )
+    nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True)  # False beyond each length
     targets = torch.cat([corpus.targets[i] for i in idx])
     target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
-    return x.to(device), lengths.to(device), targets.to(device), target_lengths.to(device), added.to(device)
+    return (
+        x.to(device),
+        lengths.to(device),
+        targets.to(device),
+        target_lengths.to(device),
+        nonspeech.to(device),
+    )
 
 
-def nonspeech_blank_loss(log_probs: torch.Tensor, added: torch.Tensor, subsample: int, margin: int = 2):
-    """Summed -log P(blank) over the output frames that lie wholly in added non-speech, `margin` output
-    frames away from the speech. log_probs (B, T', vocab); added (B, T) input frames.
+def nonspeech_blank_loss(log_probs: torch.Tensor, nonspeech: torch.Tensor, subsample: int, margin: int = 2):
+    """Summed -log P(blank) over the output frames that lie wholly in non-speech, `margin` output frames
+    away from the speech. log_probs (B, T', vocab); nonspeech (B, T) input frames.
 
     CTC alone lets a bidirectional model put a word's first letter anywhere before the word, and ours learnt
     to put it on the first frame of the utterance: fine in full context, a blind guess ("e") with a small
     right context, so streaming lost onsets after long silence. This loss rules those alignments out.
     """
-    speech = (~added).float()[:, None]  # (B, 1, T), padding beyond a length counts as speech: never asked
+    speech = (~nonspeech).float()[:, None]  # (B, 1, T), padding beyond a length counts as speech: never asked
     speech = F.max_pool1d(speech, subsample, subsample, ceil_mode=True)
     speech = F.max_pool1d(speech, 2 * margin + 1, 1, padding=margin)[:, 0]  # (B, T'')
     n = min(speech.shape[1], log_probs.shape[1])
@@ -327,8 +375,9 @@ def train(cfg: TrainConfig) -> dict:
             right = rng.randint(cfg.right_min, cfg.right_max)
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
-            batch = collate(ec, mine[b], stats, device, pad, seed=step_seed)
-            x, lengths, targets, target_lengths, added = batch
+            quiet_min = round(cfg.quiet_min_s * 100) if cfg.pad_blank_weight else 0
+            batch = collate(ec, mine[b], stats, device, pad, seed=step_seed, quiet_min=quiet_min)
+            x, lengths, targets, target_lengths, nonspeech = batch
             if augment:
                 x = spec_augment(x, cfg)
             for group in optimizer.param_groups:
@@ -336,9 +385,9 @@ def train(cfg: TrainConfig) -> dict:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 log_probs, out_len = ddp(x, lengths, chunk, right)
             loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths)
-            if pad and cfg.pad_blank_weight:
+            if cfg.pad_blank_weight and (pad or quiet_min):
                 loss = loss + cfg.pad_blank_weight * nonspeech_blank_loss(
-                    log_probs, added, model_config.subsample
+                    log_probs, nonspeech, model_config.subsample
                 )
             loss = loss / len(mine[b])
             optimizer.zero_grad(set_to_none=True)

@@ -6,10 +6,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from asr import audio, checkpoint, evaluate, features, train
+from asr import audio, augment, checkpoint, evaluate, features, train
 from asr.data import read_manifest, write_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,6 +103,36 @@ def test_collate_pads_a_batch_reproducibly(handful):
     added = padded[4]
     for row, n, g in zip(added, padded[1].tolist(), grown.tolist(), strict=True):
         assert row.sum() == g and not row[n:].any()  # the added frames, nothing beyond the length
+
+
+def test_quiet_frames_mark_pauses_not_speech(data_dir):
+    """Two real digits with 0.8 s of faint noise floor between them (as the corpus's joins and pause
+    augmentation make them): the pause is marked, the words are not; speech buried in noise marks nothing."""
+    clips = [audio.load(data_dir / "fsdd" / "audio" / f"{d}_theo_0.flac") for d in (3, 7)]
+    first = len(features.extract(clips[0]))
+    samples = augment.insert_pauses(np.concatenate(clips), [len(clips[0])], [0.8], -75.0)
+    feats = features.extract(samples)
+    quiet = train.quiet_frames(feats, min_frames=30, trim=5)
+    pause = slice(first + 8, first + 72)  # the inserted 80 frames, less the trim and the windows across the edges
+    assert quiet[pause].all()
+    loud = feats.mean(-1) > feats.mean(-1).quantile(0.6)  # the loudest 40%: speech (the pause is 55%)
+    assert not (quiet & loud).any()
+    assert quiet.sum() < 0.75 * len(quiet)
+    assert not train.quiet_frames(feats, min_frames=0).any()  # off
+    noise = np.random.default_rng(0).standard_normal(len(samples)) * 0.3
+    assert not train.quiet_frames(features.extract(samples + noise), min_frames=30).any()
+
+
+def test_collate_marks_quiet_stretches_within_lengths(handful):
+    corpus = train.load_corpus((str(handful),), 16.0, "t", quiet=True)
+    stats = train.compute_stats(corpus, 100, 0)
+    idx = [0, 1, 2, 3]
+    marked = train.collate(corpus, idx, stats, "cpu", quiet_min=30)
+    for row, n, i in zip(marked[4], marked[1].tolist(), idx, strict=True):
+        assert torch.equal(row[:n], train.quiet_frames(corpus.feats[i], 30)) and not row[n:].any()
+    assert marked[4].any()  # an4 clips start and end with silence
+    padded = train.collate(corpus, idx, stats, "cpu", pad_frames=100, seed=3, quiet_min=30)
+    assert padded[4].sum() >= marked[4].sum() + (padded[1] - marked[1]).sum()
 
 
 def test_nonspeech_blank_loss_asks_for_blank_away_from_speech():
