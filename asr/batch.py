@@ -29,9 +29,9 @@ import csv
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from asr import audio, checkpoint, decoding, features
 from asr.data import ManifestError
-from asr.decoding import Hypothesis
+from asr.decoding import DecoderConfig, Hypothesis
 from asr.streaming import MAX_BATCH, Recognizer, StreamingConfig, Word, step_sessions
 
 MODES = ("full", "stream")
@@ -182,12 +182,17 @@ def full_log_probs(
 
 
 def decode_full(
-    model, feats: Sequence[Tensor], device: str | torch.device = "cpu", batch_frames: int = BATCH_FRAMES
+    model,
+    feats: Sequence[Tensor],
+    device: str | torch.device = "cpu",
+    batch_frames: int = BATCH_FRAMES,
+    decode: Callable[[Tensor], Hypothesis] = decoding.greedy,
 ) -> list[Hypothesis]:
-    """Greedy hypotheses (token frames and confidences kept) of `full_log_probs`; too short: empty."""
+    """Hypotheses (token frames and confidences kept) of `full_log_probs`, greedy unless `decode` says;
+    too short: empty."""
     out = [Hypothesis() for _ in feats]
     for k, log_probs in full_log_probs(model, feats, device, batch_frames):
-        out[k] = decoding.greedy(log_probs)
+        out[k] = decode(log_probs)
     return out
 
 
@@ -211,20 +216,38 @@ class BatchTranscriber:
     """
 
     def __init__(
-        self, recognizer: Recognizer, mode: str = "full", stream_config: StreamingConfig | None = None
+        self,
+        recognizer: Recognizer,
+        mode: str = "full",
+        stream_config: StreamingConfig | None = None,
+        decoder: DecoderConfig | None = None,
     ) -> None:
+        """`decoder` decodes in both modes (default: that of `stream_config`, greedy unless it says)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.recognizer = recognizer
         self.mode = mode
         self.stream_config = stream_config or StreamingConfig(interim_results=False)
+        if decoder is not None:
+            self.stream_config = replace(self.stream_config, decoder=decoder)
+        self.decoder = self.stream_config.decoder
         self.batch_frames = BATCH_FRAMES
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike = checkpoint.DEFAULT_MODEL, device: str = "cpu", mode: str = "full"
+        cls,
+        path: str | os.PathLike = checkpoint.DEFAULT_MODEL,
+        device: str = "cpu",
+        mode: str = "full",
+        decoder: DecoderConfig | None = None,
     ) -> BatchTranscriber:
-        return cls(Recognizer.load(path, device), mode)
+        return cls(Recognizer.load(path, device), mode, decoder=decoder)
+
+    def _decode(self, log_probs: Tensor) -> Hypothesis:
+        if self.decoder.method == "greedy":
+            return decoding.greedy(log_probs)
+        resources = self.recognizer.resources(self.decoder)
+        return decoding.beam_search(log_probs, self.decoder, resources=resources)[0][0]
 
     def prepare(self, samples: np.ndarray) -> Prepared:
         """Mono float32 samples at 16 kHz -> what `transcribe` takes."""
@@ -238,7 +261,7 @@ class BatchTranscriber:
         if self.mode == "stream":
             return self._stream(prepared)
         r = self.recognizer
-        hyps = decode_full(r.model, [p.data for p in prepared], r.device, self.batch_frames)
+        hyps = decode_full(r.model, [p.data for p in prepared], r.device, self.batch_frames, self._decode)
         return [
             Transcript(
                 h.text,

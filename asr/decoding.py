@@ -53,6 +53,7 @@ from flashlight.lib.text.dictionary import Dictionary
 from torch import Tensor
 from torchaudio.models.decoder import CTCDecoder, CTCDecoderLM, CTCDecoderLMState
 
+from asr.decoder_config import BUNDLED_LEXICON, BUNDLED_LM, DecoderConfig  # noqa: F401  (re-exported)
 from asr.text import BLANK_ID, SPACE_ID, TOKEN_TO_ID, TOKENS, normalize
 
 log = logging.getLogger(__name__)
@@ -430,35 +431,6 @@ class HotwordLM(CTCDecoderLM):
 
 
 # --------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    method: str = "greedy"  # "greedy" (argmax path) or "beam" (flashlight beam search); hotwords imply beam
-    beam_size: int = 32  # hypotheses kept after each frame
-    beam_size_token: int | None = None  # tokens tried per hypothesis and frame (None: all of them)
-    beam_threshold: float = 25.0  # hypotheses scoring this far below the best one are dropped
-    lexicon_path: str | None = None  # lexicon file ("word w o r d |" lines); None: the LM's words, or none
-    lm_path: str | None = None  # word-level KenLM model (ARPA or binary); None: no LM
-    lm_weight: float = 0.5  # weight of the LM's log10 scores against the acoustic natural-log scores
-    word_score: float = 0.0  # added per word (lexicon decoding)
-    sil_score: float = 0.0  # added per frame decoded as a word separator
-    nbest: int = 1  # alternatives returned by end()
-    log_add: bool = False  # merge equal hypotheses by log-add instead of max
-
-    def __post_init__(self) -> None:
-        if self.method not in ("greedy", "beam"):
-            raise ValueError(f"method must be 'greedy' or 'beam', not {self.method!r}")
-        if self.method == "greedy" and (self.lm_path or self.lexicon_path):
-            raise ValueError("an LM or a lexicon needs method='beam'")
-        if self.lm_path and self.lm_weight <= 0:
-            raise ValueError("lm_weight must be positive with an LM")
-        if self.beam_size < 1 or self.nbest < 1:
-            raise ValueError("beam_size and nbest must be at least 1")
-
-    @property
-    def uses_lexicon(self) -> bool:
-        return bool(self.lexicon_path or self.lm_path)
 
 
 @dataclass(frozen=True, eq=False)

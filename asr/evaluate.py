@@ -16,7 +16,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from asr import audio, checkpoint, decoding, features, text
+from asr import audio, checkpoint, decoder_config, decoding, features, text
 from asr.batch import full_log_probs
 from asr.data import Utterance, read_manifest
 from asr.model import DEFAULT_CHUNK, DEFAULT_RIGHT, AcousticModel, next_step
@@ -157,29 +157,18 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--peer", action="store_true", help="also score pocketsphinx on the same audio")
-    parser.add_argument(
-        "--lm", default="", help="beam search with this word ARPA LM (python -m asr.decoding build-lm)"
-    )
-    parser.add_argument("--lexicon", default="", help="beam search restricted to this lexicon")
-    parser.add_argument("--lm-weight", type=float, default=0.5, help="LM weight against acoustic scores")
-    parser.add_argument("--word-score", type=float, default=0.0, help="score added per word in beam search")
-    parser.add_argument("--beam", action="store_true", help="beam search (implied by --lm or --lexicon)")
+    decoder_config.add_decoder_args(parser.add_argument_group("decoding"))
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        decoder = decoder_config.decoder_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
     model, stats, fcfg, _ = checkpoint.load(args.model)
-    decoder = None
-    if args.beam or args.lm or args.lexicon:
-        decoder = decoding.DecoderConfig(
-            method="beam",
-            lm_path=args.lm or None,
-            lexicon_path=args.lexicon or None,
-            lm_weight=args.lm_weight,
-            word_score=args.word_score,
-        )
     decode = text_decoder(decoder)
     results = {}
     for m in args.manifests:
@@ -190,7 +179,10 @@ def main(argv=None) -> None:
         }
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts)
-    print(format_table(results, f"model {args.model}"))
+    how = "greedy" if decoder.method == "greedy" else f"beam {decoder.beam_size}"
+    if decoder.lm_path:
+        how += f", LM {decoder.lm_path} (weight {decoder.lm_weight:g})"
+    print(format_table(results, f"model {args.model}; {how}"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

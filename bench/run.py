@@ -247,7 +247,14 @@ def run_loadgen(address: str, streams: int, seconds: float, server_pid: int) -> 
 
 def bench_server(model_path: Path, levels: list[int], seconds: float, log_dir: Path) -> dict:
     rows = []
-    server = Server(model_path, log_dir / "bench-server.log", "--max-streams", str(max(levels) + 16))
+    server = Server(  # greedy, as the one-stream rows: the model's cost, not the LM's
+        model_path,
+        log_dir / "bench-server.log",
+        "--decoder",
+        "greedy",
+        "--max-streams",
+        str(max(levels) + 16),
+    )
     try:
         server.wait_serving()
         print(f"server pid {server.pid} on {server.address}; {seconds:g} s of audio per stream", flush=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: asr-serve with the bundled model on a free port, a sample clip streamed to it by asr-stream in
 # real time (on a terminal the partial transcript updates in place, then the final with word timings), then
-# the server stops. MODEL=path/to.pt, CLIP=audio and STREAM_ARGS="--rate 0 --json" change what runs.
+# the server stops. MODEL=path/to.pt, CLIP=audio, SERVE_ARGS="--decoder greedy" and STREAM_ARGS="--rate 0 --json"
+# change what runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -22,7 +23,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$PY" -m server.main --model "$MODEL" --port 0 --grace-s 5 >"$tmp/out" 2>"$tmp/log" &
+# shellcheck disable=SC2086  # SERVE_ARGS is a list of words
+"$PY" -m server.main --model "$MODEL" --port 0 --grace-s 5 ${SERVE_ARGS:-} >"$tmp/out" 2>"$tmp/log" &
 server=$!
 for _ in $(seq 600); do  # `listening on HOST:PORT` comes at once (port 0: a free one); the model loads after
     grep -q '^listening on ' "$tmp/out" && break

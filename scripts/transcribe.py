@@ -5,7 +5,9 @@
     asr-transcribe --server 127.0.0.1:50051 --jobs 8 a.wav b.flac
 
 Local mode (the default) loads the model (--model; the bundled one by default) on --device (CUDA when there
-is a GPU) and transcribes in full context, files batched by length, with greedy decoding (`asr.batch`).
+is a GPU) and transcribes in full context, files batched by length (`asr.batch`), decoding with beam
+search and the bundled word LM and lexicon (`--decoder greedy`: the argmax path, open vocabulary; `--lm`,
+`--lexicon`: others).
 `--mode stream` computes what a live stream gets instead (latency-controlled chunks, endpointing): exactly
 what the server's Recognize returns with its default settings. Server mode (--server) sends each file as it
 is to Recognize, --jobs calls in flight.
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import grpc
 
+from asr import decoder_config
 from scripts import client
 from server.gen.asr.v1 import asr_pb2 as pb
 
@@ -66,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     local.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     local.add_argument("--mode", choices=MODES, help="full context (default) or as a stream")
     local.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    decoder_config.add_decoder_args(local)
     p.add_argument(
         "--jobs", type=int, default=4, help="threads reading files (local) or calls in flight (server)"
     )
@@ -74,8 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give audio files, folders or --manifest")
-    if args.server and (args.model or args.device or args.mode):
-        p.error("--model, --device and --mode are for local mode; the server has its own")
+    decoding_flags = args.decoder != "beam" or args.lm or args.lexicon
+    if args.server and (args.model or args.device or args.mode or decoding_flags):
+        p.error("--model, --device, --mode and the decoding flags are for local mode; the server has its own")
+    try:
+        args.decoder_config = decoder_config.decoder_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     return args
@@ -218,7 +227,7 @@ def run_local(args: argparse.Namespace, items, run: Run) -> int | None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         transcriber = batch.BatchTranscriber.load(
-            args.model or checkpoint.DEFAULT_MODEL, device, args.mode or "full"
+            args.model or checkpoint.DEFAULT_MODEL, device, args.mode or "full", args.decoder_config
         )
     except (checkpoint.CheckpointError, RuntimeError) as err:
         print(f"{PROG}: cannot load the model: {err}", file=sys.stderr)

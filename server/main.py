@@ -25,8 +25,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from asr import decoder_config
 from asr.checkpoint import DEFAULT_MODEL
-from asr.decoding import DecoderConfig
 from asr.streaming import MAX_BATCH, StreamingConfig
 from server.auth import BearerTokenInterceptor
 from server.convert import ServerSettings
@@ -91,11 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="non-speech that ends an utterance")  # fmt: skip
     rec.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="longest utterance")
     rec.add_argument("--max-batch", type=int, default=MAX_BATCH, help="streams per model call")
-    rec.add_argument("--decoder", choices=("greedy", "beam"), default="greedy", help="CTC decoding")
-    rec.add_argument("--beam-size", type=int, default=DecoderConfig.beam_size, help="beam search width")
-    rec.add_argument("--lm", help="word-level KenLM model (ARPA or binary) for beam search")
-    rec.add_argument("--lexicon", help="lexicon for beam search (default: the LM's words)")
-    rec.add_argument("--lm-weight", type=float, default=DecoderConfig.lm_weight, help="LM weight")
+    decoder_config.add_decoder_args(rec)
     rec.add_argument("--hotword-boost", type=float, default=1.0,
                      help="per-letter bonus of speech context phrases that give no boost")  # fmt: skip
     rec.add_argument("--max-alternatives", type=int, default=5, help="cap on alternatives per result")
@@ -110,19 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or args.max_message_bytes < 1
     ):
         p.error("limits must be positive")
-    if args.lm or args.lexicon:
-        args.decoder = "beam"
+    try:
+        decoder_config.decoder_from_args(
+            args
+        )  # settings_from builds it again; here its errors are usage errors
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
-    decoder = DecoderConfig(
-        method=args.decoder,
-        beam_size=args.beam_size,
-        lm_path=args.lm,
-        lexicon_path=args.lexicon,
-        lm_weight=args.lm_weight,
-    )
+    decoder = decoder_config.decoder_from_args(args)
     stream = replace(
         StreamingConfig(),
         chunk=args.chunk,

@@ -27,9 +27,14 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 class ServerProcess(Server):
-    """The benchmark's server process (bench.server), under nice so the test runner stays responsive."""
+    """The benchmark's server process (bench.server), under nice so the test runner stays responsive.
+
+    Greedy decoding unless `args` choose a decoder: the tests compare its transcripts with the library's
+    `Recognizer`, which decodes greedily by default (asr-serve's own default is the bundled LM)."""
 
     def __init__(self, model: Path, log_path: Path, *args: str, env: dict | None = None):
+        if not {"--decoder", "--lm", "--lexicon"} & set(args):
+            args = ("--decoder", "greedy", *args)
         super().__init__(model, log_path, *args, nice=10, env=env)
 
 

@@ -22,7 +22,8 @@ import soundfile as sf
 from server_helpers import ROOT, ServerProcess, self_signed_cert
 
 from asr import audio, batch, checkpoint, features, text
-from asr.evaluate import transcribe_full
+from asr.decoding import DecoderConfig
+from asr.evaluate import text_decoder, transcribe_full
 from asr.streaming import Recognizer, StreamingConfig, Word
 from scripts import stream, transcribe
 from server.gen.asr.v1 import asr_pb2 as pb
@@ -58,8 +59,10 @@ def references(data_dir) -> dict[str, str]:
     return {Path(i.path).name: i.reference for i in items}
 
 
-def library_finals(recognizer: Recognizer, path: Path) -> list[str]:
-    return [r.text for r in recognizer.recognize(audio.load(path), StreamingConfig())]
+def library_finals(
+    recognizer: Recognizer, path: Path, config: StreamingConfig = StreamingConfig()
+) -> list[str]:
+    return [r.text for r in recognizer.recognize(audio.load(path), config)]
 
 
 def run(main, argv, capsys, **kwargs) -> tuple[int, str, str]:
@@ -198,9 +201,11 @@ def test_transcribe_a_folder_locally(model_path, clips, tmp_path, capsys):
     paths = sorted([str(folder / clips[0].name)] + [str(folder / "sub" / c.name) for c in clips[1:3]])
     assert [line["path"] for line in lines] == paths
 
-    model, stats, _, _ = checkpoint.load(model_path)  # the library's full-context transcripts, same model
-    want = transcribe_full(model, [features.extract(audio.load(p), stats=stats) for p in paths])
+    model, stats, _, _ = checkpoint.load(model_path)  # the library's full-context transcripts, same model,
+    feats = [features.extract(audio.load(p), stats=stats) for p in paths]  # and the bundled LM by default
+    want = transcribe_full(model, feats, decode=text_decoder(DecoderConfig.bundled()))
     assert [line["text"] for line in lines] == want
+    assert want != transcribe_full(model, feats)  # a random model's gibberish: greedy spells no words
     for line, path in zip(lines, paths, strict=True):
         assert " ".join(w["word"] for w in line["words"]) == line["text"]
         assert line["duration"] == pytest.approx(sf.info(path).duration, abs=1e-3)
@@ -222,7 +227,20 @@ def test_transcribe_a_manifest_prints_the_wer_and_matches_the_server(
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     local = tmp_path / "local.jsonl"
-    argv = ["--manifest", manifest, "--model", model_path, "--mode", "stream", "-o", local, "--jobs", "2"]
+    argv = [
+        "--manifest",
+        manifest,
+        "--model",
+        model_path,
+        "--mode",
+        "stream",
+        "-o",
+        local,
+        "--jobs",
+        "2",
+        "--decoder",
+        "greedy",
+    ]  # as the server fixture (ServerProcess)
     code, _, err = run(transcribe.main, argv, capsys)
     assert code == 0, err
     assert "broken.flac" in err and "missing.wav" in err and "transcribed 4 of 6 files" in err
@@ -279,8 +297,8 @@ def test_subtitle_cues():
 # ---- make demo ---------------------------------------------------------------------------------------------
 
 
-def demo(model: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MODEL": str(model), "STREAM_ARGS": "--rate 0"}
+def demo(model: Path, serve_args: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODEL": str(model), "STREAM_ARGS": "--rate 0", "SERVE_ARGS": serve_args}
     return subprocess.run(
         ["nice", "-n", "10", "bash", str(ROOT / "scripts" / "demo.sh")],
         env=env,
@@ -290,18 +308,22 @@ def demo(model: Path) -> subprocess.CompletedProcess:
     )
 
 
-def check_demo(result: subprocess.CompletedProcess, recognizer: Recognizer) -> None:
+def check_demo(
+    result: subprocess.CompletedProcess, recognizer: Recognizer, config: StreamingConfig = StreamingConfig()
+) -> list[str]:
+    """Asserts the demo printed the library's finals for `config` and stopped its server; returns them."""
     assert result.returncode == 0, result.stderr
     address = re.search(r"asr-serve on (\S+):(\d+)", result.stdout)
     lines = [line for line in result.stdout.splitlines()[1:] if not line.startswith(("partial: ", "  "))]
-    assert lines == library_finals(recognizer, SAMPLE)
+    assert lines == library_finals(recognizer, SAMPLE, config)
     assert any(line.startswith("partial: ") for line in result.stdout.splitlines())
     with pytest.raises(OSError):  # the server is gone
         socket.create_connection((address.group(1), int(address.group(2))), timeout=2).close()
+    return lines
 
 
 def test_demo_streams_the_sample_and_stops_the_server(model_path, recognizer):
-    check_demo(demo(model_path), recognizer)
+    check_demo(demo(model_path, "--decoder greedy"), recognizer)  # a random model: the LM would only slow it
 
 
 # ---- the bundled model -------------------------------------------------------------------------------------
@@ -309,9 +331,15 @@ def test_demo_streams_the_sample_and_stops_the_server(model_path, recognizer):
 
 @pytest.mark.skipif(not checkpoint.DEFAULT_MODEL.exists(), reason="no bundled model (models/default.pt)")
 def test_bundled_model_demo_and_local_transcription(clips, tmp_path, capsys):
-    check_demo(demo(checkpoint.DEFAULT_MODEL), Recognizer.load(checkpoint.DEFAULT_MODEL))
+    bundled = DecoderConfig.bundled()  # the default decoding of asr-serve and asr-transcribe
+    check_demo(
+        demo(checkpoint.DEFAULT_MODEL),
+        Recognizer.load(checkpoint.DEFAULT_MODEL),
+        StreamingConfig(decoder=bundled),
+    )
     code, out, err = run(transcribe.main, [*clips], capsys)  # --model defaults to the bundled one
     assert code == 0, err
     model, stats, _, _ = checkpoint.load(checkpoint.DEFAULT_MODEL)
-    want = transcribe_full(model, [features.extract(audio.load(c), stats=stats) for c in clips])
+    feats = [features.extract(audio.load(c), stats=stats) for c in clips]
+    want = transcribe_full(model, feats, decode=text_decoder(bundled))
     assert [json.loads(line)["text"] for line in out.splitlines()] == want

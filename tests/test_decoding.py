@@ -1,5 +1,6 @@
 """Tests for asr.decoding on synthetic CTC log-probabilities spelled from text, ambiguous where it matters."""
 
+import argparse
 import math
 import random
 from pathlib import Path
@@ -11,7 +12,7 @@ from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary
 from torchaudio.models.decoder import ctc_decoder
 
-from asr import decoding
+from asr import decoder_config, decoding
 from asr.decoding import (
     BeamDecoder,
     DecoderConfig,
@@ -399,3 +400,25 @@ def test_build_lm_command_line(tmp_path):
     assert "two\tt w o |" in lexicon and len(lexicon) == 7
     rc = decoding.main(["lexicon", "--text", str(text), "--out", str(tmp_path / "words.txt")])
     assert rc == 0 and (tmp_path / "words.txt").read_text().splitlines() == lexicon
+
+
+def test_decoding_flags_default_to_the_bundled_lm(tmp_path):
+    parser = argparse.ArgumentParser()
+    decoder_config.add_decoder_args(parser)
+
+    def config(*argv):
+        return decoder_config.decoder_from_args(parser.parse_args(argv))
+
+    assert config() == DecoderConfig.bundled()
+    assert decoder_config.BUNDLED_LM.is_file() and decoder_config.BUNDLED_LEXICON.is_file()
+    assert config("--decoder", "greedy") == DecoderConfig()
+    other = tmp_path / "other.arpa"
+    other.write_text("\\data\\\n")
+    assert config("--lm", str(other)) == DecoderConfig(method="beam", lm_path=str(other))  # its own words
+    assert config("--lm", "none") == DecoderConfig(method="beam")  # lexicon-free, no LM
+    assert config("--lexicon", "none") == DecoderConfig(method="beam", lm_path=str(decoder_config.BUNDLED_LM))
+    assert config("--lm-weight", "0.8").lm_weight == 0.8
+    with pytest.raises(ValueError, match="for --decoder beam"):
+        config("--decoder", "greedy", "--lm", str(other))
+    with pytest.raises(ValueError, match="missing.arpa: no such file"):
+        config("--lm", str(tmp_path / "missing.arpa"))

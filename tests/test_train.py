@@ -113,7 +113,8 @@ def test_quiet_frames_mark_pauses_not_speech(data_dir):
     samples = augment.insert_pauses(np.concatenate(clips), [len(clips[0])], [0.8], -75.0)
     feats = features.extract(samples)
     quiet = train.quiet_frames(feats, min_frames=30, trim=5)
-    pause = slice(first + 8, first + 72)  # the inserted 80 frames, less the trim and the windows across the edges
+    # the inserted 80 frames, less the trim and the windows across the edges
+    pause = slice(first + 8, first + 72)
     assert quiet[pause].all()
     loud = feats.mean(-1) > feats.mean(-1).quantile(0.6)  # the loudest 40%: speech (the pause is 55%)
     assert not (quiet & loud).any()

@@ -88,6 +88,7 @@ def server(model_path, tmp_path_factory):
         model_path,
         tmp_path_factory.mktemp("log") / "server.log",
         "--metrics-port", "0",
+        "--decoder", "greedy",  # the server's mechanics are under test here, not the LM
         "--max-streams", str(MAX_STREAMS),
         "--max-message-bytes", str(MAX_MESSAGE),
         "--max-audio-s", str(MAX_AUDIO_S),
