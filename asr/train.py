@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -63,12 +64,9 @@ class TrainConfig:
     time_width: int = 30  # widest time mask in frames
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
-    pad_blank_weight: float = (
-        1.0  # weight of the loss that asks for blank on non-speech: added and quiet (0: none)
-    )
-    quiet_min_s: float = (
-        0.3  # quiet stretches this long in the audio count as non-speech too (0: only the added)
-    )
+    pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on non-speech (0: none)
+    quiet_min_s: float = 0.3  # quiet stretches this long count as non-speech too (0: only the added)
+    split_at_pauses: bool = True  # CTC per stretch between inner pauses (needs quiet_min_s and the weight)
     full_context_prob: float = 0.4  # share of batches trained in full context; the rest latency-controlled
     chunk_min: int = 4  # smallest chunk (output frames) of a latency-controlled batch
     chunk_max: int = 16  # largest chunk
@@ -251,6 +249,79 @@ def nonspeech_blank_loss(log_probs: torch.Tensor, nonspeech: torch.Tensor, subsa
     return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n])).sum()
 
 
+def inner_pauses(nonspeech: torch.Tensor, length: int, subsample: int) -> list[tuple[int, int]]:
+    """Output-frame spans [a, z) of the non-speech stretches strictly inside an utterance: not touching its
+    first frame or its last (those are its lead and trail). nonspeech: (T,) input frames."""
+    spans, start = [], None
+    for t, quiet in enumerate([*nonspeech[:length].tolist(), False]):
+        if quiet and start is None:
+            start = t
+        elif not quiet and start is not None:
+            if start > 0 and t < length:
+                a, z = -(-start // subsample), t // subsample
+                if z - a >= 2:
+                    spans.append((a, z))
+            start = None
+    return spans
+
+
+def pause_segments(
+    log_probs: torch.Tensor,
+    out_len: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    nonspeech: torch.Tensor,
+    subsample: int,
+    reach: int = 10,
+) -> list[tuple[int, int, int, int, int]]:
+    """(utterance, first frame, end frame, first target, end target) pieces for CTC: each utterance
+    (`lengths` input frames, `out_len` output frames) cut in the middle of its inner pauses, the words before
+    a pause in one piece and those after it in the next.
+
+    CTC alone let the model hold a word's last letter (and the space) back through a pause until the next
+    word began, so a stream's final lost it; the blank loss on the pause only moved the letter to the next
+    word's onset. Which word ends at a pause is not stored with the corpus: the current model's forced
+    alignment (torchaudio) says which space lies nearest the pause, within `reach` output frames of it, and
+    the cut goes after that space. Utterances without such a pause stay whole.
+    """
+    pieces = []
+    ends = torch.cumsum(target_lengths, 0).tolist()
+    for b, (end, n) in enumerate(zip(ends, target_lengths.tolist(), strict=True)):
+        start, frames = end - n, int(out_len[b])
+        pauses = [(a, z) for a, z in inner_pauses(nonspeech[b], int(lengths[b]), subsample) if z <= frames]
+        target = targets[start:end]
+        cuts: list[tuple[int, int]] = []
+        if pauses and (target == text.SPACE_ID).any():
+            try:
+                path, scores = torchaudio.functional.forced_align(
+                    log_probs[b : b + 1, :frames].detach().float().cpu(),
+                    target[None].int().cpu(),
+                    blank=text.BLANK_ID,
+                )
+            except RuntimeError:  # too few frames for the target: leave it whole
+                path = None
+            if path is not None:
+                spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=text.BLANK_ID)
+                spaces = [(k, sp) for k, sp in enumerate(spans) if sp.token == text.SPACE_ID]
+                for a, z in pauses:
+                    dist, k = min((max(a - sp.end, sp.start - z, 0), k) for k, sp in spaces)
+                    if dist <= reach and (not cuts or (k + 1 > cuts[-1][1] and (a + z) // 2 > cuts[-1][0])):
+                        cuts.append(((a + z) // 2, k + 1))
+        bounds = [(0, 0), *cuts, (frames, n)]
+        pieces += [(b, t0, t1, start + k0, start + k1) for (t0, k0), (t1, k1) in itertools.pairwise(bounds)]
+    return pieces
+
+
+def pieces_ctc(ctc, log_probs: torch.Tensor, targets: torch.Tensor, pieces) -> torch.Tensor:
+    """The CTC loss (`ctc`, summed) of `pause_segments`' pieces."""
+    x = torch.nn.utils.rnn.pad_sequence([log_probs[b, t0:t1] for b, t0, t1, _, _ in pieces])  # (T, N, V)
+    target = torch.cat([targets[k0:k1] for _, _, _, k0, k1 in pieces])
+    lengths = torch.tensor([t1 - t0 for _, t0, t1, _, _ in pieces])
+    target_lengths = torch.tensor([k1 - k0 for *_, k0, k1 in pieces])
+    return ctc(x.float(), target, lengths, target_lengths)
+
+
 def spec_augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """SpecAugment masks (torchaudio) on normalised features (B, T, F); masked values become 0 (the mean)."""
     spec = x.transpose(1, 2)  # (B, F, T)
@@ -384,7 +455,13 @@ def train(cfg: TrainConfig) -> dict:
                 group["lr"] = get_lr(step, cfg, total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 log_probs, out_len = ddp(x, lengths, chunk, right)
-            loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths)
+            if cfg.split_at_pauses and quiet_min:
+                pieces = pause_segments(
+                    log_probs, out_len, lengths, targets, target_lengths, nonspeech, model_config.subsample
+                )
+                loss = pieces_ctc(ctc, log_probs, targets, pieces)
+            else:
+                loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths)
             if cfg.pad_blank_weight and (pad or quiet_min):
                 loss = loss + cfg.pad_blank_weight * nonspeech_blank_loss(
                     log_probs, nonspeech, model_config.subsample
@@ -453,6 +530,12 @@ def validate(model: AcousticModel, stats, cfg: TrainConfig, device) -> dict:
     return result
 
 
+def _parse_bool(value: str) -> bool:
+    if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+    return value.lower() in ("1", "true", "yes")
+
+
 def parse_args(argv=None) -> TrainConfig:
     """Command-line flags generated from TrainConfig's fields."""
     parser = argparse.ArgumentParser(description="Train the CTC acoustic model (resumes from OUT/last.pt).")
@@ -461,7 +544,9 @@ def parse_args(argv=None) -> TrainConfig:
         if isinstance(f.default, tuple):
             parser.add_argument(flag, nargs="*", default=f.default)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+            parser.add_argument(
+                flag, type=_parse_bool if isinstance(f.default, bool) else type(f.default), default=f.default
+            )
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
     if cfg.preset not in PRESETS:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from asr import audio, checkpoint, evaluate
+from asr import audio, checkpoint, decoder_config, evaluate
 from asr.data import read_manifest
 from asr.streaming import Recognizer
 
@@ -18,7 +18,8 @@ def held_out_digits(data_dir):
 
 
 def test_bundled_model_is_small_and_complete():
-    assert checkpoint.DEFAULT_MODEL.stat().st_size < 30e6
+    bundle = [checkpoint.DEFAULT_MODEL, decoder_config.BUNDLED_LM, decoder_config.BUNDLED_LEXICON]
+    assert sum(path.stat().st_size for path in bundle) < 30e6  # the weights and the LM they decode with
     payload = checkpoint.read(checkpoint.DEFAULT_MODEL)
     assert "optimizer" not in payload and payload["stats"]["std"]
 
