@@ -60,7 +60,7 @@ lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + 
 	$(PY) -m asr.decoding build-lm --text corpus/lm-text.txt --order 3 --out corpus/lm.arpa --lexicon corpus/lexicon.txt
 
 eval: install  ## WER/CER/RTF of the bundled model (or MODEL=...) on the dev sets, full/streaming, and pocketsphinx's
-	$(PY) -m asr.evaluate --peer --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_SETS)
+	$(PY) -m asr.evaluate --peer --model $(or $(MODEL),models/default.pt) --json $(RUN)/eval.json $(EVAL_ARGS) $(EVAL_SETS)
 
 bench: install proto  ## speed of every stage against a peer in the same run; prints a table, writes runs/bench.json
 	$(PY) -m bench.run --json runs/bench.json $(BENCH_ARGS)

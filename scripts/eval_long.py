@@ -12,8 +12,9 @@ one stream. Three sets from `../shared/data` show how the bundled model copes wi
 - "an4 plain": the an4 clips as they are, through a session (compare `make eval`'s streaming column, which
   decodes the whole clip without endpointing).
 
-Each file goes through `Recognizer.session` exactly as the server runs it, with `reset_at_endpoint` off and
-on; the hypothesis is the file's final results joined.
+Each file goes through `Recognizer.session` exactly as the server runs it (by default with its decoding: beam
+search with the bundled LM; `--decoder greedy` for the argmax path), with `reset_at_endpoint` off and on; the
+hypothesis is the file's final results joined.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import random
 import numpy as np
 import torch
 
-from asr import audio, checkpoint
+from asr import audio, checkpoint, decoder_config
 from asr.data import read_manifest, shared_data_dir
 from asr.evaluate import error_rates
 from asr.streaming import Recognizer, StreamingConfig
@@ -67,15 +68,27 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=str(checkpoint.DEFAULT_MODEL))
     p.add_argument("--limit", type=int, default=0, help="files per set (0: 20 joined files, all of an4)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    decoder_config.add_decoder_args(p.add_argument_group("decoding"))
     args = p.parse_args(argv)
+    try:
+        decoder = decoder_config.decoder_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
     torch.set_num_threads(args.threads)
     rec = Recognizer.load(args.model)
+    print(
+        f"model {args.model}; decoder {decoder.method}"
+        + (f", LM {decoder.lm_path}" if decoder.lm_path else "")
+    )
     header = f"{'set':12s} {'files':>5s}  {'resets':6s} {'WER %':>6s} {'CER %':>6s} {'finals/file':>11s}"
     print(header + "  first file")
     for name, items in long_sets(args.limit).items():
         refs = [t for _, t in items]
         for reset in (False, True):
-            outs = [transcribe(rec, x, StreamingConfig(reset_at_endpoint=reset)) for x, _ in items]
+            outs = [
+                transcribe(rec, x, StreamingConfig(reset_at_endpoint=reset, decoder=decoder))
+                for x, _ in items
+            ]
             wer, cer = error_rates(refs, [h for h, _ in outs])
             finals = sum(n for _, n in outs) / len(outs)
             print(

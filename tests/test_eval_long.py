@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asr import audio
+from asr import audio, decoder_config
 from scripts import eval_long
 
 
@@ -32,6 +32,8 @@ def test_long_sets_are_built_as_documented(sets):
 
 def test_eval_long_prints_both_reset_settings(capsys):
     eval_long.main(["--limit", "1"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"decoder beam, LM {decoder_config.BUNDLED_LM}")  # the server's default decoding
+    rows = [line.split() for line in lines[2:]]
     assert len(rows) == 6
     assert [r[3] for r in rows] == ["off", "on"] * 3
