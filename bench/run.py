@@ -39,6 +39,7 @@ import torch
 
 from asr import checkpoint, evaluate, features
 from asr.data import Utterance, read_manifest, shared_data_dir
+from asr.decoding import DecoderConfig
 from asr.features import FeatureConfig
 from asr.model import DEFAULT_CHUNK, DEFAULT_RIGHT, PRESETS, AcousticModel, quantize_int8
 from asr.streaming import Recognizer, StreamingConfig
@@ -185,13 +186,18 @@ def bench_features(wavs: list[np.ndarray], min_time_s: float) -> dict:
 # ---- recognition --------------------------------------------------------------------------------------
 
 
-def stream_rtf(recognizer: Recognizer, wavs: list[np.ndarray], hyps: list[str]) -> float:
+def stream_rtf(
+    recognizer: Recognizer,
+    wavs: list[np.ndarray],
+    hyps: list[str],
+    config: StreamingConfig = StreamingConfig(),
+) -> float:
     """RTF of streaming each recording through its own session in 100 ms pieces (results collected)."""
     n = int(PIECE_S * recognizer.sample_rate)
     audio_s = sum(w.size for w in wavs) / recognizer.sample_rate
     start = time.perf_counter()
     for w in wavs:
-        session = recognizer.session(StreamingConfig())
+        session = recognizer.session(config)
         results = []
         for i in range(0, w.size, n):
             results += session.accept(w[i : i + n])
@@ -217,6 +223,11 @@ def bench_recognition(model_path: Path, utts: list[Utterance], wavs: list[np.nda
         hyps = []
         rtf_int8 = stream_rtf(int8, wavs, hyps)
         out["stream_1thread_int8"] = {"rtf": rtf_int8, "wer": evaluate.error_rates(refs, hyps)[0]}
+        lm = StreamingConfig(decoder=DecoderConfig.bundled())  # asr-serve's default decoding
+        stream_rtf(recognizer, wavs[:3], [], lm)  # loads the LM
+        hyps = []
+        rtf_lm = stream_rtf(recognizer, wavs, hyps, lm)
+        out["stream_1thread_lm"] = {"rtf": rtf_lm, "wer": evaluate.error_rates(refs, hyps)[0]}
     for n_threads in sorted({1, torch.get_num_threads()}):
         with threads(n_threads):
             evaluate.score(model, stats, utts[:20], "full")  # warm up
@@ -226,6 +237,7 @@ def bench_recognition(model_path: Path, utts: list[Utterance], wavs: list[np.nda
     out["pocketsphinx"] = {"rtf": ps["rtf"], "wer": ps["wer"]}
     out["stream_vs_pocketsphinx"] = ps["rtf"] / rtf
     out["stream_int8_vs_pocketsphinx"] = ps["rtf"] / rtf_int8
+    out["stream_lm_vs_pocketsphinx"] = ps["rtf"] / rtf_lm
     best_batch = min(v["rtf"] for k, v in out.items() if k.startswith("batch_full"))
     out["batch_x_realtime"] = 1 / best_batch
     return out
@@ -477,10 +489,14 @@ def report(results: dict) -> str:
         out.append(table(rows, ("extractor", "audio s / s", "asr.features.extract is x faster")))
         out.append(f"max |asr - librosa| log-mel difference: {f['max_abs_diff_vs_librosa']:.2g}")
     if r := results.get("recognition"):
-        out.append(f"\nRECOGNITION  ({r['audio_s']} s of audio in {r['utterances']} files; greedy decoding)")
+        out.append(
+            f"\nRECOGNITION  ({r['audio_s']} s of audio in {r['utterances']} files; greedy unless it says)"
+        )
         rows = [("asr streaming, 1 stream, 1 thread (100 ms pieces)", r["stream_1thread"])]
         if "stream_1thread_int8" in r:
             rows.append(("asr streaming, int8 LSTMs (asr-serve --int8)", r["stream_1thread_int8"]))
+        if "stream_1thread_lm" in r:
+            rows.append(("asr streaming, beam + bundled LM (asr-serve's default)", r["stream_1thread_lm"]))
         rows += [(f"asr batch full-context, {k.split('_')[-1].replace('thread', ' thread(s)')}", v)
                  for k, v in r.items() if k.startswith("batch_full")]  # fmt: skip
         rows.append(("pocketsphinx 5.1.1 (1 thread)", r["pocketsphinx"]))

@@ -48,6 +48,7 @@ def test_quick_bench_run(tmp_path):
               "--files", "3", "--levels", "1", "2", "--json", str(out)])  # fmt: skip
     results = json.loads(out.read_text())
     assert results["recognition"]["stream_1thread"]["rtf"] > 0
+    assert results["recognition"]["stream_1thread_lm"]["rtf"] > 0  # asr-serve's default decoding
     assert results["recognition"]["pocketsphinx"]["rtf"] > 0
     assert [row["streams"] for row in results["server"]["levels"]] == [1, 2]
     assert all(row["codes"] == {"OK": row["streams"]} for row in results["server"]["levels"])
