@@ -173,8 +173,8 @@ def quiet_frames(
     recording's own silences. Nothing is marked where the quietest and loudest tenths lie less than
     `min_range_db` apart (heavy noise or reverberation), because there quiet is not told from speech.
 
-    With `nonspeech_blank_loss` on them, a word's last letter has to come out before the pause after it:
-    CTC alone let the model hold it back until the next word began, so a stream's final lost it.
+    With `nonspeech_blank_loss` on them no letter comes out inside a pause (measured: a letter held back
+    through a pause then came out at the next word's onset instead); `pause_segments` puts it before.
     """
     loud = feats.float().mean(-1) * (10 / math.log(10))  # dB (features are natural-log power)
     low, high = loud.quantile(0.1), loud.quantile(0.9)
@@ -183,9 +183,7 @@ def quiet_frames(
     quiet = loud < low + floor_db
     run = torch.cat([torch.ones(1, dtype=torch.bool), quiet[1:] != quiet[:-1]]).cumsum(0) - 1
     quiet &= torch.bincount(run)[run] >= min_frames
-    near = F.max_pool1d(
-        (~quiet).float()[None, None], 2 * trim + 1, 1, padding=trim
-    )  # the edge is not trimmed
+    near = F.max_pool1d((~quiet).float()[None, None], 2 * trim + 1, 1, padding=trim)  # edges stay
     return near[0, 0] == 0
 
 
@@ -203,18 +201,13 @@ def collate(
     (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
     `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`)."""
     feats = [corpus.feats[i] for i in idx]
-    ends = torch.zeros(len(feats), 2, dtype=torch.long).tolist()
+    ends = [(0, 0)] * len(feats)
     if pad_frames:
         gen = torch.Generator().manual_seed(seed)
         ends = torch.randint(pad_frames + 1, (len(feats), 2), generator=gen).tolist()
+    ones = torch.ones(pad_frames, dtype=torch.bool)
     nonspeech = [
-        torch.cat(
-            [
-                torch.ones(lead, dtype=torch.bool),
-                quiet_frames(f, quiet_min),
-                torch.ones(trail, dtype=torch.bool),
-            ]
-        )
+        torch.cat([ones[:lead], quiet_frames(f, quiet_min), ones[:trail]])
         for f, (lead, trail) in zip(feats, ends, strict=True)
     ]
     if pad_frames:
@@ -225,13 +218,7 @@ def collate(
     nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True)  # False beyond each length
     targets = torch.cat([corpus.targets[i] for i in idx])
     target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
-    return (
-        x.to(device),
-        lengths.to(device),
-        targets.to(device),
-        target_lengths.to(device),
-        nonspeech.to(device),
-    )
+    return tuple(t.to(device) for t in (x, lengths, targets, target_lengths, nonspeech))
 
 
 def nonspeech_blank_loss(log_probs: torch.Tensor, nonspeech: torch.Tensor, subsample: int, margin: int = 2):
