@@ -65,7 +65,7 @@ def test_bundled_lm_fixes_misspelt_digits(held_out_digits):
     lm = DecoderConfig.bundled()
     greedy = evaluate.score(model, stats, held_out_digits, "full")
     beam = evaluate.score(model, stats, held_out_digits, "full", decode=evaluate.text_decoder(lm))
-    # measured with the weights before these: 15% greedy, 2.5% with the LM
+    # measured when it was bundled: 12.5% greedy, 5% with the LM (the weights before: 15%, 2.5%)
     assert beam["wer"] < 0.10 and beam["wer"] < greedy["wer"]
     recognizer = Recognizer.load()
     config = StreamingConfig(decoder=lm)
@@ -73,4 +73,5 @@ def test_bundled_lm_fixes_misspelt_digits(held_out_digits):
         " ".join(r.text for r in recognizer.recognize(audio.load(u.path), config)) for u in held_out_digits
     ]
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
-    assert right >= 36, hyps  # measured with the weights before these: 39 of 40 (greedy: 34)
+    # measured when it was bundled: 38 of 40 (greedy: 35; the weights before: 39 and 34)
+    assert right >= 35, hyps
