@@ -106,10 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or args.max_message_bytes < 1
     ):
         p.error("limits must be positive")
-    try:
-        decoder_config.decoder_from_args(
-            args
-        )  # settings_from builds it again; here its errors are usage errors
+    try:  # settings_from builds it again; here its errors are usage errors
+        decoder_config.decoder_from_args(args)
     except ValueError as err:
         p.error(str(err))
     return args

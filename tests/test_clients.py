@@ -227,20 +227,8 @@ def test_transcribe_a_manifest_prints_the_wer_and_matches_the_server(
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     local = tmp_path / "local.jsonl"
-    argv = [
-        "--manifest",
-        manifest,
-        "--model",
-        model_path,
-        "--mode",
-        "stream",
-        "-o",
-        local,
-        "--jobs",
-        "2",
-        "--decoder",
-        "greedy",
-    ]  # as the server fixture (ServerProcess)
+    argv = ["--manifest", manifest, "--model", model_path, "--mode", "stream", "-o", local, "--jobs", "2",
+            "--decoder", "greedy"]  # greedy as the server fixture (ServerProcess)  # fmt: skip
     code, _, err = run(transcribe.main, argv, capsys)
     assert code == 0, err
     assert "broken.flac" in err and "missing.wav" in err and "transcribed 4 of 6 files" in err
@@ -310,8 +298,8 @@ def demo(model: Path, serve_args: str = "") -> subprocess.CompletedProcess:
 
 def check_demo(
     result: subprocess.CompletedProcess, recognizer: Recognizer, config: StreamingConfig = StreamingConfig()
-) -> list[str]:
-    """Asserts the demo printed the library's finals for `config` and stopped its server; returns them."""
+) -> None:
+    """Asserts the demo printed the library's finals for `config` and stopped its server."""
     assert result.returncode == 0, result.stderr
     address = re.search(r"asr-serve on (\S+):(\d+)", result.stdout)
     lines = [line for line in result.stdout.splitlines()[1:] if not line.startswith(("partial: ", "  "))]
@@ -319,7 +307,6 @@ def check_demo(
     assert any(line.startswith("partial: ") for line in result.stdout.splitlines())
     with pytest.raises(OSError):  # the server is gone
         socket.create_connection((address.group(1), int(address.group(2))), timeout=2).close()
-    return lines
 
 
 def test_demo_streams_the_sample_and_stops_the_server(model_path, recognizer):
