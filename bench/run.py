@@ -213,21 +213,19 @@ def bench_recognition(model_path: Path, utts: list[Utterance], wavs: list[np.nda
     refs = [u.text for u in utts]
     audio_s = sum(w.size for w in wavs) / 16000
     out = {"audio_s": round(audio_s, 1), "utterances": len(utts)}
-    with threads(1):
-        stream_rtf(recognizer, wavs[:3], [])  # warm up
+
+    def one_stream(rec: Recognizer, config: StreamingConfig = StreamingConfig()) -> dict:
+        stream_rtf(rec, wavs[:3], [], config)  # warm up (and load the LM, if any)
         hyps: list[str] = []
-        rtf = stream_rtf(recognizer, wavs, hyps)
-        out["stream_1thread"] = {"rtf": rtf, "wer": evaluate.error_rates(refs, hyps)[0]}
+        rtf = stream_rtf(rec, wavs, hyps, config)
+        return {"rtf": rtf, "wer": evaluate.error_rates(refs, hyps)[0]}
+
+    with threads(1):
+        out["stream_1thread"] = one_stream(recognizer)
         int8 = Recognizer(quantize_int8(model), stats, feature_config)  # asr-serve --int8
-        stream_rtf(int8, wavs[:3], [])
-        hyps = []
-        rtf_int8 = stream_rtf(int8, wavs, hyps)
-        out["stream_1thread_int8"] = {"rtf": rtf_int8, "wer": evaluate.error_rates(refs, hyps)[0]}
+        out["stream_1thread_int8"] = one_stream(int8)
         lm = StreamingConfig(decoder=DecoderConfig.bundled())  # asr-serve's default decoding
-        stream_rtf(recognizer, wavs[:3], [], lm)  # loads the LM
-        hyps = []
-        rtf_lm = stream_rtf(recognizer, wavs, hyps, lm)
-        out["stream_1thread_lm"] = {"rtf": rtf_lm, "wer": evaluate.error_rates(refs, hyps)[0]}
+        out["stream_1thread_lm"] = one_stream(recognizer, lm)
     for n_threads in sorted({1, torch.get_num_threads()}):
         with threads(n_threads):
             evaluate.score(model, stats, utts[:20], "full")  # warm up
@@ -235,9 +233,9 @@ def bench_recognition(model_path: Path, utts: list[Utterance], wavs: list[np.nda
             out[f"batch_full_{n_threads}thread"] = {"rtf": r["rtf"], "wer": r["wer"]}
     ps = evaluate.score_pocketsphinx(utts)
     out["pocketsphinx"] = {"rtf": ps["rtf"], "wer": ps["wer"]}
-    out["stream_vs_pocketsphinx"] = ps["rtf"] / rtf
-    out["stream_int8_vs_pocketsphinx"] = ps["rtf"] / rtf_int8
-    out["stream_lm_vs_pocketsphinx"] = ps["rtf"] / rtf_lm
+    out["stream_vs_pocketsphinx"] = ps["rtf"] / out["stream_1thread"]["rtf"]
+    out["stream_int8_vs_pocketsphinx"] = ps["rtf"] / out["stream_1thread_int8"]["rtf"]
+    out["stream_lm_vs_pocketsphinx"] = ps["rtf"] / out["stream_1thread_lm"]["rtf"]
     best_batch = min(v["rtf"] for k, v in out.items() if k.startswith("batch_full"))
     out["batch_x_realtime"] = 1 / best_batch
     return out
