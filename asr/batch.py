@@ -230,7 +230,6 @@ class BatchTranscriber:
         self.stream_config = stream_config or StreamingConfig(interim_results=False)
         if decoder is not None:
             self.stream_config = replace(self.stream_config, decoder=decoder)
-        self.decoder = self.stream_config.decoder
         self.batch_frames = BATCH_FRAMES
 
     @classmethod
@@ -244,10 +243,11 @@ class BatchTranscriber:
         return cls(Recognizer.load(path, device), mode, decoder=decoder)
 
     def _decode(self, log_probs: Tensor) -> Hypothesis:
-        if self.decoder.method == "greedy":
+        """Full mode's decoding: that of `stream_config`, so both modes decode alike."""
+        config = self.stream_config.decoder
+        if config.method == "greedy":
             return decoding.greedy(log_probs)
-        resources = self.recognizer.resources(self.decoder)
-        return decoding.beam_search(log_probs, self.decoder, resources=resources)[0][0]
+        return decoding.beam_search(log_probs, config, resources=self.recognizer.resources(config))[0][0]
 
     def prepare(self, samples: np.ndarray) -> Prepared:
         """Mono float32 samples at 16 kHz -> what `transcribe` takes."""
