@@ -18,6 +18,11 @@ def held_out_digits(data_dir):
     return [u for u in utts if u.speaker in ("theo", "yweweler") and u.path.endswith(("_7.flac", "_42.flac"))]
 
 
+def session_texts(recognizer: Recognizer, utts, config: StreamingConfig = StreamingConfig()) -> list[str]:
+    """Each clip through a live session, its finals joined."""
+    return [" ".join(r.text for r in recognizer.recognize(audio.load(u.path), config)) for u in utts]
+
+
 def test_bundled_model_is_small_and_complete():
     bundle = [checkpoint.DEFAULT_MODEL, decoder_config.BUNDLED_LM, decoder_config.BUNDLED_LEXICON]
     assert sum(path.stat().st_size for path in bundle) < 30e6  # the weights and the LM they decode with
@@ -41,7 +46,7 @@ def test_live_session_transcribes_real_clips(data_dir, held_out_digits):
     recognizer = Recognizer.load()
     finals = recognizer.recognize(audio.load(data_dir / "fsdd" / "audio" / "4_theo_27.flac"))
     assert " ".join(r.text for r in finals) == "four"
-    hyps = [" ".join(r.text for r in recognizer.recognize(audio.load(u.path))) for u in held_out_digits]
+    hyps = session_texts(recognizer, held_out_digits)
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
     assert right >= 32, hyps  # measured when it was bundled: 35 of 40 exactly right
 
@@ -52,7 +57,7 @@ def test_int8_recognizer_matches_float_accuracy(held_out_digits):
     refs = [u.text for u in held_out_digits]
     wers = []
     for rec in (float_rec, int8_rec):
-        hyps = [" ".join(r.text for r in rec.recognize(audio.load(u.path))) for u in held_out_digits]
+        hyps = session_texts(rec, held_out_digits)
         wers.append(evaluate.error_rates(refs, hyps)[0])
     assert wers[1] <= wers[0] + 0.05, wers
 
@@ -68,10 +73,7 @@ def test_bundled_lm_fixes_misspelt_digits(held_out_digits):
     # measured when it was bundled: 12.5% greedy, 5% with the LM (the weights before: 15%, 2.5%)
     assert beam["wer"] < 0.10 and beam["wer"] < greedy["wer"]
     recognizer = Recognizer.load()
-    config = StreamingConfig(decoder=lm)
-    hyps = [
-        " ".join(r.text for r in recognizer.recognize(audio.load(u.path), config)) for u in held_out_digits
-    ]
+    hyps = session_texts(recognizer, held_out_digits, StreamingConfig(decoder=lm))
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
     # measured when it was bundled: 38 of 40 (greedy: 35; the weights before: 39 and 34)
     assert right >= 35, hyps
