@@ -62,6 +62,8 @@ class TrainConfig:
     freq_width: int = 12  # widest frequency mask in mel bins
     time_masks: int = 2  # SpecAugment time masks per utterance
     time_width: int = 30  # widest time mask in frames
+    voice_warp: float = 0.0  # each utterance's spectrum is warped f -> a*f, a drawn from 1 +- this (0: off)
+    tilt_db: float = 0.0  # each utterance gets a random smooth spectral curve of at most +- this many dB
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
     pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on non-speech (0: none)
@@ -195,15 +197,18 @@ def collate(
     pad_frames: int = 0,
     seed: int = 0,
     quiet_min: int = 0,
+    warp: float = 0.0,
+    tilt_db: float = 0.0,
 ):
     """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `nonspeech` (B, T).
     With `pad_frames`, each utterance gets up to that many frames of its own background before and after it
     (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
-    `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`)."""
+    `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`).
+    `warp` and `tilt_db` perturb each utterance's voice and channel (`perturb_voice`)."""
     feats = [corpus.feats[i] for i in idx]
     ends = [(0, 0)] * len(feats)
+    gen = torch.Generator().manual_seed(seed)
     if pad_frames:
-        gen = torch.Generator().manual_seed(seed)
         ends = torch.randint(pad_frames + 1, (len(feats), 2), generator=gen).tolist()
     ones = torch.ones(pad_frames, dtype=torch.bool)
     nonspeech = [
@@ -214,6 +219,8 @@ def collate(
         feats = [extend_nonspeech(f, lead, trail, gen) for f, (lead, trail) in zip(feats, ends, strict=True)]
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
+    if warp or tilt_db:
+        x = perturb_voice(x, lengths, warp, tilt_db, gen)
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
     nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True)  # False beyond each length
     targets = torch.cat([corpus.targets[i] for i in idx])
@@ -307,6 +314,44 @@ def pieces_ctc(ctc, log_probs: torch.Tensor, targets: torch.Tensor, pieces) -> t
     lengths = torch.tensor([t1 - t0 for _, t0, t1, _, _ in pieces])
     target_lengths = torch.tensor([k1 - k0 for *_, k0, k1 in pieces])
     return ctc(x.float(), target, lengths, target_lengths)
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)  # the HTK mel scale, torchaudio's MelSpectrogram default
+
+
+def warp_spectrum(feats: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Log-mel features (B, T, F) of each utterance as if its spectrum were warped f -> a*f (`factors`, (B,)):
+    a vocal-tract-length change, interpolated between mel bins; the edge bins fill what lies beyond them."""
+    n_mels = feats.shape[-1]
+    cfg = features.FeatureConfig(n_mels=n_mels)
+    lo, hi = _hz_to_mel(torch.tensor(cfg.f_min)), _hz_to_mel(torch.tensor(cfg.f_max))
+    step = (hi - lo) / (n_mels + 1)
+    centres_hz = 700.0 * (10.0 ** ((lo + step * torch.arange(1, n_mels + 1)) / 2595.0) - 1.0)
+    src = ((_hz_to_mel(centres_hz / factors[:, None]) - lo) / step - 1).clamp(0, n_mels - 1)  # (B, F)
+    i0 = src.floor().long().clamp(max=n_mels - 2)
+    w = (src - i0)[:, None, :]
+    index = i0[:, None, :].expand(-1, feats.shape[1], -1)
+    return torch.gather(feats, 2, index) * (1 - w) + torch.gather(feats, 2, index + 1) * w
+
+
+def perturb_voice(
+    feats: torch.Tensor, lengths: torch.Tensor, warp: float, tilt_db: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-utterance voice and channel perturbation of un-normalised log-mel features (B, T, F), drawn afresh
+    each time a batch is made: the spectrum warped f -> a*f with a within 1 +- `warp` (`warp_spectrum`), and a
+    smooth random curve of at most +- `tilt_db` dB added (a tilt plus a half-cosine bump: the colour of a
+    microphone or channel). Frames beyond `lengths` stay 0."""
+    b, _, n_mels = feats.shape
+    out = feats
+    if warp:
+        out = warp_spectrum(out, 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * warp)
+    if tilt_db:
+        pos = torch.linspace(-1.0, 1.0, n_mels)
+        coef = (torch.rand(b, 2, generator=generator) * 2 - 1) * (tilt_db / 2)
+        curve = coef[:, :1] * pos + coef[:, 1:] * torch.cos(pos * math.pi / 2)  # dB, (B, F)
+        out = out + curve[:, None, :] * (math.log(10.0) / 10.0)  # dB -> natural log of power
+    return out * (torch.arange(out.shape[1]) < lengths[:, None]).unsqueeze(-1)
 
 
 def spec_augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -434,7 +479,8 @@ def train(cfg: TrainConfig) -> dict:
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             quiet_min = round(cfg.quiet_min_s * 100) if cfg.pad_blank_weight else 0
-            batch = collate(ec, mine[b], stats, device, pad, seed=step_seed, quiet_min=quiet_min)
+            voice = (cfg.voice_warp, cfg.tilt_db) if augment else (0.0, 0.0)
+            batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, *voice)
             x, lengths, targets, target_lengths, nonspeech = batch
             if augment:
                 x = spec_augment(x, cfg)

@@ -276,3 +276,53 @@ def test_cuda_training_with_amp(handful, tmp_path):
     model, stats, _, _ = checkpoint.load(tmp_path / "last.pt", device="cuda")
     utts = read_manifest(handful)
     assert evaluate.score(model, stats, utts, "full", device="cuda")["cer"] < 1.0
+
+
+def test_warp_spectrum_moves_the_band_edge_of_real_speech(data_dir):
+    """An 8 kHz FSDD clip has nothing above 4 kHz: warping f -> 1.2 f moves that edge up by a fifth in Hz,
+    0.8 moves it down; a = 1 changes nothing."""
+    feats = features.extract(audio.load(data_dir / "fsdd" / "audio" / "3_theo_0.flac"))[None]
+    centres = torchaudio_centres(features.N_MELS)
+    floor = math.log(features.LOG_FLOOR)
+
+    def edge_hz(x):  # centre of the highest bin whose mean log power stands clear of the floor
+        return centres[int(torch.nonzero(x[0].mean(0) > floor + 0.8).max())].item()
+
+    assert torch.allclose(train.warp_spectrum(feats, torch.tensor([1.0])), feats, atol=1e-4)
+    base = edge_hz(feats)
+    assert 4000 < base < 5000  # the mel filters around 4 kHz reach a little beyond it
+    assert edge_hz(train.warp_spectrum(feats, torch.tensor([1.2]))) == pytest.approx(1.2 * base, rel=0.08)
+    assert edge_hz(train.warp_spectrum(feats, torch.tensor([0.8]))) == pytest.approx(0.8 * base, rel=0.08)
+
+
+def torchaudio_centres(n_mels: int) -> torch.Tensor:
+    """Centre frequency (Hz) of each mel bin of our front end."""
+    fb = features._mel_transform(features.FeatureConfig(n_mels=n_mels)).mel_scale.fb  # (freqs, n_mels)
+    freqs = torch.linspace(0, features.SAMPLE_RATE / 2, fb.shape[0])
+    return freqs[fb.argmax(0)]
+
+
+def test_perturb_voice_is_a_bounded_per_utterance_channel(handful):
+    corpus = train.load_corpus((str(handful),), 16.0, "t", quiet=True)
+    feats = [corpus.feats[i].float() for i in range(4)]
+    x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    lengths = torch.tensor([len(f) for f in feats])
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    assert torch.equal(train.perturb_voice(x, lengths, 0.0, 0.0, gen()), x)
+    tilted = train.perturb_voice(x, lengths, 0.0, 6.0, gen())
+    assert torch.equal(tilted, train.perturb_voice(x, lengths, 0.0, 6.0, gen()))  # reproducible
+    for row, f, n in zip(tilted, x, lengths.tolist(), strict=True):
+        diff = row[:n] - f[:n]
+        assert torch.allclose(diff, diff[0].expand_as(diff), atol=1e-5)  # the same curve on every frame
+        assert diff.abs().max() <= 6.0 * math.log(10) / 10 + 1e-5 and diff.abs().max() > 0.01
+        assert not row[n:].any()
+    curves = (tilted - x)[torch.arange(4), 0]
+    assert len({round(c.sum().item(), 4) for c in curves}) == 4  # each utterance its own curve
+    both = train.perturb_voice(x, lengths, 0.1, 6.0, gen())
+    assert not torch.allclose(both, tilted)
+    assert all(not r[n:].any() for r, n in zip(both, lengths.tolist(), strict=True))
+    stats = train.compute_stats(corpus, 50, 0)
+    plain = train.collate(corpus, [0, 1], stats, "cpu", seed=3)
+    voiced, again = (train.collate(corpus, [0, 1], stats, "cpu", seed=3, warp=0.1, tilt_db=6.0) for _ in "ab")
+    assert torch.equal(voiced[1], plain[1]) and torch.equal(voiced[2], plain[2])
+    assert not torch.allclose(voiced[0], plain[0]) and torch.equal(voiced[0], again[0])
