@@ -46,6 +46,19 @@ class DecoderConfig:
         """Beam search with the bundled LM and lexicon: the commands' default decoding."""
         return cls(method="beam", lm_path=str(BUNDLED_LM), lexicon_path=str(BUNDLED_LEXICON), **changes)
 
+    def describe(self) -> str:
+        """One line for logs and reports: 'greedy', or 'beam 32, LM path (weight 0.5)'."""
+        if self.method == "greedy":
+            return "greedy"
+        how = f"beam {self.beam_size}"
+        if self.lm_path:
+            how += f", LM {self.lm_path} (weight {self.lm_weight:g})"
+        elif self.lexicon_path:
+            how += f", lexicon {self.lexicon_path}, no LM"
+        else:
+            how += ", no LM, no lexicon"
+        return how
+
     @property
     def uses_lexicon(self) -> bool:
         return bool(self.lexicon_path or self.lm_path)

@@ -179,10 +179,7 @@ def main(argv=None) -> None:
         }
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts)
-    how = "greedy" if decoder.method == "greedy" else f"beam {decoder.beam_size}"
-    if decoder.lm_path:
-        how += f", LM {decoder.lm_path} (weight {decoder.lm_weight:g})"
-    print(format_table(results, f"model {args.model}; {how}"))
+    print(format_table(results, f"model {args.model}; {decoder.describe()}"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -76,10 +76,7 @@ def main(argv=None) -> None:
         p.error(str(err))
     torch.set_num_threads(args.threads)
     rec = Recognizer.load(args.model)
-    print(
-        f"model {args.model}; decoder {decoder.method}"
-        + (f", LM {decoder.lm_path}" if decoder.lm_path else "")
-    )
+    print(f"model {args.model}; decoder {decoder.describe()}")
     header = f"{'set':12s} {'files':>5s}  {'resets':6s} {'WER %':>6s} {'CER %':>6s} {'finals/file':>11s}"
     print(header + "  first file")
     for name, items in long_sets(args.limit).items():

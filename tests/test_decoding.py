@@ -422,3 +422,13 @@ def test_decoding_flags_default_to_the_bundled_lm(tmp_path):
         config("--decoder", "greedy", "--lm", str(other))
     with pytest.raises(ValueError, match="missing.arpa: no such file"):
         config("--lm", str(tmp_path / "missing.arpa"))
+    descriptions = {
+        "greedy": config("--decoder", "greedy"),
+        f"beam 32, LM {decoder_config.BUNDLED_LM} (weight 0.5)": config(),
+        f"beam 8, LM {other} (weight 0.8)": config("--lm", str(other), "--lm-weight", ".8", "--beam-size=8"),
+        f"beam 32, lexicon {decoder_config.BUNDLED_LEXICON}, no LM": config(
+            "--lm", "none", "--lexicon", str(decoder_config.BUNDLED_LEXICON)
+        ),
+        "beam 32, no LM, no lexicon": config("--lm", "none"),
+    }
+    assert {c.describe(): c for c in descriptions.values()} == descriptions

@@ -33,7 +33,9 @@ def test_long_sets_are_built_as_documented(sets):
 def test_eval_long_prints_both_reset_settings(capsys):
     eval_long.main(["--limit", "1"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith(f"decoder beam, LM {decoder_config.BUNDLED_LM}")  # the server's default decoding
+    default = decoder_config.DecoderConfig.bundled()  # the server's default decoding
+    assert lines[0].endswith(f"decoder {default.describe()}")
+    assert f"LM {decoder_config.BUNDLED_LM}" in lines[0]
     rows = [line.split() for line in lines[2:]]
     assert len(rows) == 6
     assert [r[3] for r in rows] == ["off", "on"] * 3
