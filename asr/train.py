@@ -64,6 +64,8 @@ class TrainConfig:
     time_width: int = 30  # widest time mask in frames
     voice_warp: float = 0.0  # each utterance's spectrum is warped f -> a*f, a drawn from 1 +- this (0: off)
     tilt_db: float = 0.0  # each utterance gets a random smooth spectral curve of at most +- this many dB
+    gain_min_db: float = 0.0  # each utterance's level changes by a gain drawn from [gain_min_db, gain_max_db]
+    gain_max_db: float = 0.0  # (both 0: off); real microphones are often far quieter than the corpus
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
     pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on non-speech (0: none)
@@ -197,14 +199,13 @@ def collate(
     pad_frames: int = 0,
     seed: int = 0,
     quiet_min: int = 0,
-    warp: float = 0.0,
-    tilt_db: float = 0.0,
+    voice: dict | None = None,
 ):
     """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `nonspeech` (B, T).
     With `pad_frames`, each utterance gets up to that many frames of its own background before and after it
     (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
     `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`).
-    `warp` and `tilt_db` perturb each utterance's voice and channel (`perturb_voice`)."""
+    `voice` holds `perturb_voice`'s keyword arguments, which perturb each utterance's voice and channel."""
     feats = [corpus.feats[i] for i in idx]
     ends = [(0, 0)] * len(feats)
     gen = torch.Generator().manual_seed(seed)
@@ -219,8 +220,8 @@ def collate(
         feats = [extend_nonspeech(f, lead, trail, gen) for f, (lead, trail) in zip(feats, ends, strict=True)]
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
-    if warp or tilt_db:
-        x = perturb_voice(x, lengths, warp, tilt_db, gen)
+    if voice:
+        x = perturb_voice(x, lengths, gen, **voice)
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
     nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True)  # False beyond each length
     targets = torch.cat([corpus.targets[i] for i in idx])
@@ -335,22 +336,41 @@ def warp_spectrum(feats: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return torch.gather(feats, 2, index) * (1 - w) + torch.gather(feats, 2, index + 1) * w
 
 
+def channel_gain(feats: torch.Tensor, db: torch.Tensor, log_floor: float = features.LOG_FLOOR):
+    """Log-mel features (B, T, F) of each utterance as if its signal had passed a gain of `db` dB per mel bin
+    ((B, F), or (B, 1) for a plain gain) before the front end's `log_floor` is added: exactly the features of
+    the scaled audio, so a bin left empty (8 kHz audio above 4 kHz) stays at the floor as it would."""
+    power = (feats.exp() - log_floor).clamp(min=0.0)
+    return torch.log(power * 10.0 ** (db[:, None, :] / 10.0) + log_floor)
+
+
 def perturb_voice(
-    feats: torch.Tensor, lengths: torch.Tensor, warp: float, tilt_db: float, generator: torch.Generator
+    feats: torch.Tensor,
+    lengths: torch.Tensor,
+    generator: torch.Generator,
+    warp: float = 0.0,
+    tilt_db: float = 0.0,
+    gain_db: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """Per-utterance voice and channel perturbation of un-normalised log-mel features (B, T, F), drawn afresh
-    each time a batch is made: the spectrum warped f -> a*f with a within 1 +- `warp` (`warp_spectrum`), and a
-    smooth random curve of at most +- `tilt_db` dB added (a tilt plus a half-cosine bump: the colour of a
-    microphone or channel). Frames beyond `lengths` stay 0."""
+    each time a batch is made: the spectrum warped f -> a*f with a within 1 +- `warp` (`warp_spectrum`); a
+    smooth random curve of at most +- `tilt_db` dB (a tilt plus a half-cosine bump: the colour of a microphone
+    or channel) and a gain drawn from `gain_db`, both applied to the signal (`channel_gain`).
+    Frames beyond `lengths` stay 0."""
     b, _, n_mels = feats.shape
     out = feats
     if warp:
         out = warp_spectrum(out, 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * warp)
+    db = torch.zeros(b, n_mels)
     if tilt_db:
         pos = torch.linspace(-1.0, 1.0, n_mels)
         coef = (torch.rand(b, 2, generator=generator) * 2 - 1) * (tilt_db / 2)
-        curve = coef[:, :1] * pos + coef[:, 1:] * torch.cos(pos * math.pi / 2)  # dB, (B, F)
-        out = out + curve[:, None, :] * (math.log(10.0) / 10.0)  # dB -> natural log of power
+        db += coef[:, :1] * pos + coef[:, 1:] * torch.cos(pos * math.pi / 2)
+    if gain_db != (0.0, 0.0):
+        low, high = gain_db
+        db += low + torch.rand(b, 1, generator=generator) * (high - low)
+    if tilt_db or gain_db != (0.0, 0.0):
+        out = channel_gain(out, db)
     return out * (torch.arange(out.shape[1]) < lengths[:, None]).unsqueeze(-1)
 
 
@@ -479,8 +499,8 @@ def train(cfg: TrainConfig) -> dict:
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             quiet_min = round(cfg.quiet_min_s * 100) if cfg.pad_blank_weight else 0
-            voice = (cfg.voice_warp, cfg.tilt_db) if augment else (0.0, 0.0)
-            batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, *voice)
+            voice = dict(warp=cfg.voice_warp, tilt_db=cfg.tilt_db, gain_db=(cfg.gain_min_db, cfg.gain_max_db))
+            batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, voice if augment else None)
             x, lengths, targets, target_lengths, nonspeech = batch
             if augment:
                 x = spec_augment(x, cfg)

@@ -302,27 +302,51 @@ def torchaudio_centres(n_mels: int) -> torch.Tensor:
     return freqs[fb.argmax(0)]
 
 
+def test_channel_gain_equals_scaling_the_audio(data_dir):
+    """A gain on the features is the gain on the waveform: theo's quiet digits raised 10 dB, and an empty
+    band (8 kHz audio above 4 kHz) left at the floor."""
+    samples = audio.load(data_dir / "fsdd" / "audio" / "8_theo_1.flac")
+    feats = features.extract(samples)[None]
+    louder = features.extract(samples * 10 ** (10 / 20))[None]
+    out = train.channel_gain(feats, torch.full((1, 1), 10.0))
+    assert (out - louder).abs().max() < 1e-3
+    assert not torch.allclose(out, feats + math.log(10.0), atol=0.1)  # not a plain shift: the floor stays
+    floor = math.log(features.LOG_FLOOR)
+    empty = feats[0].max(0).values < floor + 0.5  # bins above the 4 kHz band edge
+    assert empty.sum() > 10 and (out - feats)[0][:, empty].mean() < 0.1  # 2.3 nats hardly lift them
+    loud = feats[0] > floor + 8
+    assert torch.allclose((out - feats)[0][loud], torch.tensor(math.log(10.0)), atol=1e-3)
+
+
 def test_perturb_voice_is_a_bounded_per_utterance_channel(handful):
     corpus = train.load_corpus((str(handful),), 16.0, "t", quiet=True)
     feats = [corpus.feats[i].float() for i in range(4)]
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     lengths = torch.tensor([len(f) for f in feats])
     gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
-    assert torch.equal(train.perturb_voice(x, lengths, 0.0, 0.0, gen()), x)
-    tilted = train.perturb_voice(x, lengths, 0.0, 6.0, gen())
-    assert torch.equal(tilted, train.perturb_voice(x, lengths, 0.0, 6.0, gen()))  # reproducible
+    assert torch.equal(train.perturb_voice(x, lengths, gen()), x)
+    tilted = train.perturb_voice(x, lengths, gen(), tilt_db=6.0)
+    assert torch.equal(tilted, train.perturb_voice(x, lengths, gen(), tilt_db=6.0))  # reproducible
+    bound = 6.0 * math.log(10) / 10 + 1e-4
+    curves = []
     for row, f, n in zip(tilted, x, lengths.tolist(), strict=True):
-        diff = row[:n] - f[:n]
-        assert torch.allclose(diff, diff[0].expand_as(diff), atol=1e-5)  # the same curve on every frame
-        assert diff.abs().max() <= 6.0 * math.log(10) / 10 + 1e-5 and diff.abs().max() > 0.01
+        diff = (row - f)[:n]
+        loud = f[:n, 10:40] > math.log(features.LOG_FLOOR) + 6  # far above the floor: the curve itself
+        curve = diff[loud.all(-1), 10:40]
+        assert len(curve) > 3 and torch.allclose(curve, curve[0].expand_as(curve), atol=1e-3)
+        assert diff.abs().max() <= bound and curve.abs().max() > 0.05
         assert not row[n:].any()
-    curves = (tilted - x)[torch.arange(4), 0]
-    assert len({round(c.sum().item(), 4) for c in curves}) == 4  # each utterance its own curve
-    both = train.perturb_voice(x, lengths, 0.1, 6.0, gen())
+        curves.append(curve[0])
+    assert len({round(c.sum().item(), 3) for c in curves}) == 4  # each utterance its own curve
+    quiet = train.perturb_voice(x, lengths, gen(), gain_db=(-30.0, -20.0))
+    drop = (x - quiet)[:, :, 40][x[:, :, 40] > math.log(features.LOG_FLOOR) + 12]
+    assert drop.min() >= 20 * math.log(10) / 10 - 0.05 and drop.max() <= 30 * math.log(10) / 10 + 0.05
+    both = train.perturb_voice(x, lengths, gen(), warp=0.1, tilt_db=6.0)
     assert not torch.allclose(both, tilted)
     assert all(not r[n:].any() for r, n in zip(both, lengths.tolist(), strict=True))
     stats = train.compute_stats(corpus, 50, 0)
     plain = train.collate(corpus, [0, 1], stats, "cpu", seed=3)
-    voiced, again = (train.collate(corpus, [0, 1], stats, "cpu", seed=3, warp=0.1, tilt_db=6.0) for _ in "ab")
+    voice = dict(warp=0.1, tilt_db=6.0, gain_db=(-30.0, 6.0))
+    voiced, again = (train.collate(corpus, [0, 1], stats, "cpu", seed=3, voice=voice) for _ in "ab")
     assert torch.equal(voiced[1], plain[1]) and torch.equal(voiced[2], plain[2])
     assert not torch.allclose(voiced[0], plain[0]) and torch.equal(voiced[0], again[0])
