@@ -106,22 +106,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or args.max_message_bytes < 1
     ):
         p.error("limits must be positive")
-    try:  # settings_from builds it again; here its errors are usage errors
-        decoder_config.decoder_from_args(args)
+    try:  # built here so that its errors are usage errors; settings_from takes it
+        args.decoding = decoder_config.decoder_from_args(args)
     except ValueError as err:
         p.error(str(err))
     return args
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
-    decoder = decoder_config.decoder_from_args(args)
+    """`parse_args`' result -> the server's settings."""
     stream = replace(
         StreamingConfig(),
         chunk=args.chunk,
         right=args.right,
         endpoint_silence_s=args.endpoint_silence_s,
         max_utterance_s=args.max_utterance_s,
-        decoder=decoder,
+        decoder=args.decoding,
     )
     return ServerSettings(
         stream=stream, hotword_boost=args.hotword_boost, max_alternatives=args.max_alternatives
@@ -232,9 +232,9 @@ def serve(args: argparse.Namespace, shutdown: Shutdown) -> int:
             for name in ("", SERVICE_NAME):
                 health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info(
-                "serving %s (%s, %d parameters) after %.1f s (warm-up %.1f s); latency %.0f ms",
+                "serving %s (%s, %d parameters) after %.1f s (warm-up %.1f s); latency %.0f ms; decoding: %s",
                 engine.version, args.device, engine.num_parameters(), time.monotonic() - t0, warm_s,
-                1000 * engine.algorithmic_latency_s(settings.stream),
+                1000 * engine.algorithmic_latency_s(settings.stream), settings.stream.decoder.describe(),
             )  # fmt: skip
         while not shutdown.requested.wait(0.25):  # a timeout: a signal taken by another thread runs the
             pass  # Python handler only once the main thread wakes up
