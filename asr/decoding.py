@@ -27,9 +27,12 @@ the cheap per-stream object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -445,6 +448,29 @@ class BeamResources:
     trie: Trie | None = field(repr=False)  # the lexicon's spellings, smeared with LM unigram scores
 
 
+KENLM_CHATTER = ("Loading the LM will be faster", "Reading ", "----5---10", "*****")  # its progress report
+
+
+@contextlib.contextmanager
+def _without_kenlm_chatter():
+    """KenLM reports its progress on the process's stderr (file descriptor 2) each time it reads an ARPA
+    file. Hold fd 2 in a temporary file meanwhile and pass on every line that is not that report."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if line.strip() and not line.startswith(KENLM_CHATTER):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def load_resources(config: DecoderConfig) -> BeamResources:
     """Load the LM and the lexicon of `config` and build the lexicon trie: the expensive part, done once."""
     tokens = Dictionary(list(FLASHLIGHT_TOKENS))
@@ -456,7 +482,10 @@ def load_resources(config: DecoderConfig) -> BeamResources:
         lexicon = {w: [spell(w)] for w in arpa_words(config.lm_path)}
     word_dict = Dictionary([UNK_WORD, *sorted(w for w in lexicon if w != UNK_WORD)])
     word_dict.set_default_index(0)
-    lm = KenLM(config.lm_path, word_dict) if config.lm_path else None
+    lm = None
+    if config.lm_path:
+        with _without_kenlm_chatter():
+            lm = KenLM(config.lm_path, word_dict)
     scorer = lm if lm is not None else ZeroLM()
     trie = Trie(len(FLASHLIGHT_TOKENS), SPACE_ID)
     start = scorer.start(False)

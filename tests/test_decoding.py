@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import os
 import random
 from pathlib import Path
 
@@ -432,3 +433,13 @@ def test_decoding_flags_default_to_the_bundled_lm(tmp_path):
         "beam 32, no LM, no lexicon": config("--lm", "none"),
     }
     assert {c.describe(): c for c in descriptions.values()} == descriptions
+
+
+def test_loading_an_arpa_keeps_kenlms_progress_report_off_stderr(capfd, tiny_lm, tiny_lexicon):
+    load_resources(DecoderConfig(method="beam", lm_path=str(tiny_lm)))
+    assert capfd.readouterr().err == ""
+    with decoding._without_kenlm_chatter():  # anything else written to fd 2 meanwhile still comes out
+        os.write(2, b"Reading /some.arpa\nsomething else\n")
+    assert capfd.readouterr().err == "something else\n"
+    with pytest.raises(RuntimeError, match="not .data"):  # and a bad file's error is KenLM's own
+        load_resources(DecoderConfig(method="beam", lm_path=__file__, lexicon_path=str(tiny_lexicon)))
