@@ -62,10 +62,10 @@ class TrainConfig:
     freq_width: int = 12  # widest frequency mask in mel bins
     time_masks: int = 2  # SpecAugment time masks per utterance
     time_width: int = 30  # widest time mask in frames
-    voice_warp: float = 0.0  # each utterance's spectrum is warped f -> a*f, a drawn from 1 +- this (0: off)
-    tilt_db: float = 0.0  # each utterance gets a random smooth spectral curve of at most +- this many dB
-    gain_min_db: float = 0.0  # each utterance's level changes by a gain drawn from [gain_min_db, gain_max_db]
-    gain_max_db: float = 0.0  # (both 0: off); real microphones are often far quieter than the corpus
+    voice_warp: float = 0.1  # each utterance's spectrum is warped f -> a*f, a drawn from 1 +- this (0: off)
+    tilt_db: float = 6.0  # each utterance gets a random smooth spectral curve of at most +- this many dB
+    gain_min_db: float = -25.0  # each utterance's level changes by a gain drawn from [gain_min_db,
+    gain_max_db: float = 6.0  # gain_max_db] (both 0: off); real microphones are often far quieter than ours
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
     pad_max_s: float = 2.0  # longest non-speech added at each end of such an utterance
     pad_blank_weight: float = 1.0  # weight of the loss that asks for blank on non-speech (0: none)
