@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import torch
 
 from asr import audio, checkpoint, decoder_config, decoding, features, text
@@ -104,25 +105,33 @@ def score(
     hyps_out: list | None = None,
     decode=greedy_text,
     feature_config: features.FeatureConfig = features.FeatureConfig(),
+    gain_db: float = 0.0,
 ) -> dict:
     """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of decoding (greedy unless `decode`) in a mode.
 
     Modes: 'full' or 'stream'. RTF: features, model and decoding (not file reading) on this process's threads.
+    `gain_db` scales the audio first (clipped at full scale): what a quieter or louder microphone does.
     """
     model.eval()
-    wavs = [audio.load(u.path) for u in utts]
+    wavs = load_scaled(utts, gain_db)
     t0 = time.perf_counter()
     feats = [features.extract(w, feature_config, stats) for w in wavs]
     hyps = (transcribe_full if mode == "full" else transcribe_stream)(model, feats, device, decode)
     return figures(utts, hyps, time.perf_counter() - t0, hyps_out)
 
 
-def score_pocketsphinx(utts: list[Utterance], hyps_out: list | None = None) -> dict:
+def load_scaled(utts: list[Utterance], gain_db: float = 0.0) -> list:
+    """The utterances' audio, scaled by `gain_db` and clipped at full scale."""
+    wavs = [audio.load(u.path) for u in utts]
+    return [np.clip(w * 10 ** (gain_db / 20), -1.0, 1.0) for w in wavs] if gain_db else wavs
+
+
+def score_pocketsphinx(utts: list[Utterance], hyps_out: list | None = None, gain_db: float = 0.0) -> dict:
     """The same figures for pocketsphinx 5.1.1 with its bundled en-us model (our peer), on the same audio."""
     from pocketsphinx import Decoder
 
     decoder = Decoder(samprate=audio.SAMPLE_RATE, loglevel="FATAL")
-    wavs = [audio.load(u.path) for u in utts]
+    wavs = load_scaled(utts, gain_db)
     hyps = []
     t0 = time.perf_counter()
     for w in wavs:
@@ -161,6 +170,9 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--gain-db", type=float, default=0.0, help="scale the audio by this first (a quieter mic)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,11 +187,13 @@ def main(argv=None) -> None:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
         results[name] = {
-            mode: score(model, stats, utts, mode, decode=decode, feature_config=fcfg) for mode in args.modes
+            mode: score(model, stats, utts, mode, decode=decode, feature_config=fcfg, gain_db=args.gain_db)
+            for mode in args.modes
         }
         if args.peer:
-            results[name]["pocketsphinx"] = score_pocketsphinx(utts)
-    print(format_table(results, f"model {args.model}; {decoder.describe()}"))
+            results[name]["pocketsphinx"] = score_pocketsphinx(utts, gain_db=args.gain_db)
+    gain = f"; audio gain {args.gain_db:+g} dB" if args.gain_db else ""
+    print(format_table(results, f"model {args.model}; {decoder.describe()}{gain}"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
