@@ -321,6 +321,10 @@ def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
     return 2595.0 * torch.log10(1.0 + f / 700.0)  # the HTK mel scale, torchaudio's MelSpectrogram default
 
 
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
 def warp_spectrum(feats: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Log-mel features (B, T, F) of each utterance as if its spectrum were warped f -> a*f (`factors`, (B,)):
     a vocal-tract-length change, interpolated between mel bins; the edge bins fill what lies beyond them."""
@@ -328,7 +332,7 @@ def warp_spectrum(feats: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     cfg = features.FeatureConfig(n_mels=n_mels)
     lo, hi = _hz_to_mel(torch.tensor(cfg.f_min)), _hz_to_mel(torch.tensor(cfg.f_max))
     step = (hi - lo) / (n_mels + 1)
-    centres_hz = 700.0 * (10.0 ** ((lo + step * torch.arange(1, n_mels + 1)) / 2595.0) - 1.0)
+    centres_hz = _mel_to_hz(lo + step * torch.arange(1, n_mels + 1))
     src = ((_hz_to_mel(centres_hz / factors[:, None]) - lo) / step - 1).clamp(0, n_mels - 1)  # (B, F)
     i0 = src.floor().long().clamp(max=n_mels - 2)
     w = (src - i0)[:, None, :]
@@ -361,15 +365,16 @@ def perturb_voice(
     out = feats
     if warp:
         out = warp_spectrum(out, 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * warp)
-    db = torch.zeros(b, n_mels)
-    if tilt_db:
-        pos = torch.linspace(-1.0, 1.0, n_mels)
-        coef = (torch.rand(b, 2, generator=generator) * 2 - 1) * (tilt_db / 2)
-        db += coef[:, :1] * pos + coef[:, 1:] * torch.cos(pos * math.pi / 2)
-    if gain_db != (0.0, 0.0):
-        low, high = gain_db
-        db += low + torch.rand(b, 1, generator=generator) * (high - low)
-    if tilt_db or gain_db != (0.0, 0.0):
+    gain = gain_db != (0.0, 0.0)
+    if tilt_db or gain:
+        db = torch.zeros(b, n_mels)
+        if tilt_db:
+            pos = torch.linspace(-1.0, 1.0, n_mels)
+            coef = (torch.rand(b, 2, generator=generator) * 2 - 1) * (tilt_db / 2)
+            db += coef[:, :1] * pos + coef[:, 1:] * torch.cos(pos * math.pi / 2)
+        if gain:
+            low, high = gain_db
+            db += low + torch.rand(b, 1, generator=generator) * (high - low)
         out = channel_gain(out, db)
     return out * (torch.arange(out.shape[1]) < lengths[:, None]).unsqueeze(-1)
 
@@ -469,6 +474,7 @@ def train(cfg: TrainConfig) -> dict:
                 **extra,
             )
 
+    voice = dict(warp=cfg.voice_warp, tilt_db=cfg.tilt_db, gain_db=(cfg.gain_min_db, cfg.gain_max_db))
     step = pos["step"]
     for epoch in range(pos["epoch"], cfg.epochs):
         if cfg.max_steps and step >= cfg.max_steps:
@@ -499,7 +505,6 @@ def train(cfg: TrainConfig) -> dict:
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             quiet_min = round(cfg.quiet_min_s * 100) if cfg.pad_blank_weight else 0
-            voice = dict(warp=cfg.voice_warp, tilt_db=cfg.tilt_db, gain_db=(cfg.gain_min_db, cfg.gain_max_db))
             batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, voice if augment else None)
             x, lengths, targets, target_lengths, nonspeech = batch
             if augment:
