@@ -171,6 +171,9 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=0, help="utterances per manifest (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument(
+        "--device", default="cpu", help="torch device of the model (cpu, cuda): RTF is measured on it"
+    )
+    parser.add_argument(
         "--gain-db", type=float, default=0.0, help="scale the audio by this first (a quieter mic)"
     )
     args = parser.parse_args(argv)
@@ -180,20 +183,20 @@ def main(argv=None) -> None:
         decoder = decoder_config.decoder_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    model, stats, fcfg, _ = checkpoint.load(args.model)
+    model, stats, fcfg, _ = checkpoint.load(args.model, args.device)
     decode = text_decoder(decoder)
     results = {}
     for m in args.manifests:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
         results[name] = {
-            mode: score(model, stats, utts, mode, decode=decode, feature_config=fcfg, gain_db=args.gain_db)
+            mode: score(model, stats, utts, mode, args.device, None, decode, fcfg, args.gain_db)
             for mode in args.modes
         }
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts, gain_db=args.gain_db)
     gain = f"; audio gain {args.gain_db:+g} dB" if args.gain_db else ""
-    print(format_table(results, f"model {args.model}; {decoder.describe()}{gain}"))
+    print(format_table(results, f"model {args.model} on {args.device}; {decoder.describe()}{gain}"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

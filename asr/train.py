@@ -476,6 +476,7 @@ def train(cfg: TrainConfig) -> dict:
 
     voice = dict(warp=cfg.voice_warp, tilt_db=cfg.tilt_db, gain_db=(cfg.gain_min_db, cfg.gain_max_db))
     step = pos["step"]
+    run_audio_s = 0.0  # audio trained on since this process started (all epochs)
     for epoch in range(pos["epoch"], cfg.epochs):
         if cfg.max_steps and step >= cfg.max_steps:
             break
@@ -532,6 +533,7 @@ def train(cfg: TrainConfig) -> dict:
             step += 1
             pos.update(step=step, epoch=epoch, batch=b + 1)
             audio_s += lengths.sum().item() / 100 * world
+            run_audio_s += lengths.sum().item() / 100 * world
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             speed = audio_s / (time.time() - t0)
             bar.set_postfix(loss=f"{loss.item():.3f}", audio_s_per_s=f"{speed:.0f}", refresh=False)
@@ -543,6 +545,7 @@ def train(cfg: TrainConfig) -> dict:
                     "loss": loss_sum / loss_n,
                     "lr": get_lr(step, cfg, total_steps),
                     "audio_s_per_s": speed,
+                    "audio_s": run_audio_s,
                     "time": time.time(),
                 }
                 metrics.write(json.dumps(row) + "\n")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from server_helpers import make_tiny_model
 
-from asr.data import shared_data_dir
+from asr.data import read_manifest, shared_data_dir
 from asr.streaming import Recognizer
 
 DATA = shared_data_dir()
@@ -40,3 +40,10 @@ def model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def recognizer(model_path) -> Recognizer:
     return Recognizer.load(model_path)
+
+
+@pytest.fixture(scope="module")
+def held_out_digits(data_dir):
+    """Forty FSDD clips of the held-out speakers (theo, yweweler): each speaks every digit twice."""
+    utts = read_manifest(data_dir / "fsdd")
+    return [u for u in utts if u.speaker in ("theo", "yweweler") and u.path.endswith(("_7.flac", "_42.flac"))]

@@ -4,18 +4,10 @@ import pytest
 import torch
 
 from asr import audio, checkpoint, decoder_config, evaluate
-from asr.data import read_manifest
 from asr.decoding import DecoderConfig
 from asr.streaming import Recognizer, StreamingConfig
 
 pytestmark = pytest.mark.skipif(not checkpoint.DEFAULT_MODEL.exists(), reason="no bundled model")
-
-
-@pytest.fixture(scope="module")
-def held_out_digits(data_dir):
-    """Ten clips of each held-out FSDD speaker (theo, yweweler): every digit once each."""
-    utts = read_manifest(data_dir / "fsdd")
-    return [u for u in utts if u.speaker in ("theo", "yweweler") and u.path.endswith(("_7.flac", "_42.flac"))]
 
 
 def session_texts(recognizer: Recognizer, utts, config: StreamingConfig = StreamingConfig()) -> list[str]:
