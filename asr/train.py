@@ -204,7 +204,8 @@ def collate(
     """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `nonspeech` (B, T).
     With `pad_frames`, each utterance gets up to that many frames of its own background before and after it
     (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
-    `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`).
+    `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`), and
+    beyond each utterance's end.
     `voice` holds `perturb_voice`'s keyword arguments, which perturb each utterance's voice and channel."""
     feats = [corpus.feats[i] for i in idx]
     ends = [(0, 0)] * len(feats)
@@ -223,25 +224,32 @@ def collate(
     if voice:
         x = perturb_voice(x, lengths, gen, **voice)
     x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
-    nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True)  # False beyond each length
+    nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True, padding_value=True)
     targets = torch.cat([corpus.targets[i] for i in idx])
     target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
     return tuple(t.to(device) for t in (x, lengths, targets, target_lengths, nonspeech))
 
 
-def nonspeech_blank_loss(log_probs: torch.Tensor, nonspeech: torch.Tensor, subsample: int, margin: int = 2):
+def nonspeech_blank_loss(
+    log_probs: torch.Tensor, out_len: torch.Tensor, nonspeech: torch.Tensor, subsample: int, margin: int = 2
+):
     """Summed -log P(blank) over the output frames that lie wholly in non-speech, `margin` output frames
-    away from the speech. log_probs (B, T', vocab); nonspeech (B, T) input frames.
+    away from the speech. log_probs (B, T', vocab); out_len (B,) output frames of each utterance; nonspeech
+    (B, T) input frames, True beyond each utterance's end (as `collate` pads it).
 
     CTC alone lets a bidirectional model put a word's first letter anywhere before the word, and ours learnt
     to put it on the first frame of the utterance: fine in full context, a blind guess ("e") with a small
     right context, so streaming lost onsets after long silence. This loss rules those alignments out.
+    It covers an utterance's last frames too: when the end of the batch's padding counted as speech, the
+    model learnt to hold a word's last letter to the last frame of the utterance, however much non-speech
+    came after the word ("sto" ... 1.5 s ... "p"), and a stream's endpoint split it off as a final of its own.
     """
-    speech = (~nonspeech).float()[:, None]  # (B, 1, T), padding beyond a length counts as speech: never asked
+    speech = (~nonspeech).float()[:, None]  # (B, 1, T)
     speech = F.max_pool1d(speech, subsample, subsample, ceil_mode=True)
     speech = F.max_pool1d(speech, 2 * margin + 1, 1, padding=margin)[:, 0]  # (B, T'')
     n = min(speech.shape[1], log_probs.shape[1])
-    return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n])).sum()
+    inside = (torch.arange(n, device=out_len.device)[None] < out_len[:, None]).float()
+    return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n]) * inside).sum()
 
 
 def inner_pauses(nonspeech: torch.Tensor, length: int, subsample: int) -> list[tuple[int, int]]:
@@ -523,7 +531,7 @@ def train(cfg: TrainConfig) -> dict:
                 loss = ctc(log_probs.float().transpose(0, 1), targets, out_len, target_lengths)
             if cfg.pad_blank_weight and (pad or quiet_min):
                 loss = loss + cfg.pad_blank_weight * nonspeech_blank_loss(
-                    log_probs, nonspeech, model_config.subsample
+                    log_probs, out_len, nonspeech, model_config.subsample
                 )
             loss = loss / len(mine[b])
             optimizer.zero_grad(set_to_none=True)

@@ -104,10 +104,10 @@ def test_collate_pads_a_batch_reproducibly(handful):
     grown = padded[1] - plain[1]
     assert (grown >= 0).all() and (grown <= 400).all() and grown.sum() > 0
     assert torch.equal(padded[2], plain[2])  # targets unchanged
-    assert not plain[4].any()
-    added = padded[4]
-    for row, n, g in zip(added, padded[1].tolist(), grown.tolist(), strict=True):
-        assert row.sum() == g and not row[n:].any()  # the added frames, nothing beyond the length
+    for row, n in zip(plain[4], plain[1].tolist(), strict=True):
+        assert not row[:n].any() and row[n:].all()  # beyond the length counts as non-speech
+    for row, n, g in zip(padded[4], padded[1].tolist(), grown.tolist(), strict=True):
+        assert row[:n].sum() == g and row[n:].all()  # the added frames
 
 
 def test_quiet_frames_mark_pauses_not_speech(data_dir):
@@ -145,11 +145,36 @@ def test_nonspeech_blank_loss_asks_for_blank_away_from_speech():
     added = torch.zeros(2, 30, dtype=torch.bool)
     added[0, :12] = True  # 12 input frames of lead: output frames 0-3, of which 0-1 are 2 frames from speech
     uniform = torch.log_softmax(torch.zeros(2, 10, 29), -1)
-    loss = train.nonspeech_blank_loss(uniform, added, subsample=3)
+    out_len = torch.tensor([10, 10])
+    loss = train.nonspeech_blank_loss(uniform, out_len, added, subsample=3)
     assert loss.item() == pytest.approx(2 * math.log(29), rel=1e-5)
     sure = uniform.clone()
     sure[..., 0] = 0.0  # log P(blank) = 0 everywhere: nothing to ask
-    assert train.nonspeech_blank_loss(sure, added, subsample=3).item() == 0.0
+    assert train.nonspeech_blank_loss(sure, out_len, added, subsample=3).item() == 0.0
+
+
+def test_nonspeech_blank_loss_covers_the_last_frames_of_each_utterance(data_dir):
+    """A letter held to the last frame of an utterance that ends in non-speech costs, also when a longer
+    utterance shares the batch; frames beyond an utterance's end are never asked."""
+    corpus = train.load_corpus((str(data_dir / "an4"),), 16.0, "t", quiet=True)
+    idx = sorted(range(len(corpus.feats)), key=corpus.frames)[:2]
+    pad = 60  # 0.6 s of each clip's own background before and after it (at most)
+    x, lengths, _, _, nonspeech = train.collate(
+        corpus, idx, features.FeatureStats.identity(), "cpu", pad, seed=1
+    )
+    out_len = torch.div(lengths, 3, rounding_mode="floor")
+    short = int(lengths.argmin())
+    assert nonspeech[short, lengths[short] - 30 : lengths[short]].all()  # it ends in added background
+    assert nonspeech[short, lengths[short] :].all()  # and beyond its end counts as non-speech
+    log_probs = torch.full((2, x.shape[1] // 3, len(text.TOKENS)), -30.0)
+    log_probs[..., text.BLANK_ID] = 0.0  # blank everywhere: nothing to ask
+    assert train.nonspeech_blank_loss(log_probs, out_len, nonspeech, 3).item() == 0.0
+    late = log_probs.clone()
+    late[short, out_len[short] - 1] = log_probs[short, 0].roll(1)  # "s" on its last frame, blank at -30
+    assert train.nonspeech_blank_loss(late, out_len, nonspeech, 3).item() == pytest.approx(30.0)
+    beyond = log_probs.clone()
+    beyond[short, out_len[short] :] = log_probs[short, 0].roll(1)  # batch padding: not the utterance's
+    assert train.nonspeech_blank_loss(beyond, out_len, nonspeech, 3).item() == 0.0
 
 
 def test_pause_segments_cut_after_the_word_before_a_pause():
