@@ -44,7 +44,7 @@ demo: install proto  ## stream samples/goforward.flac to a fresh server with the
 test: install lint  ## lint, then the test suite
 	$(PY) -m pytest -q
 
-data: install  ## build the training/dev speech corpus under corpus/ (needs make system-deps; ~4 min on 2 cores)
+data: install  ## build the training/dev speech corpus under corpus/ (needs make system-deps; ~45 min on 2 cores, most of it Kokoro)
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
