@@ -28,7 +28,7 @@ def test_transcribes_held_out_speakers(held_out_digits):
     model, stats, _, _ = checkpoint.load()
     hyps = []
     result = evaluate.score(model, stats, held_out_digits, "full", hyps_out=hyps)
-    # measured when it was bundled: 10% WER on these 40 clips, 12.5% streaming (an untrained model: 100%)
+    # measured when it was bundled: 10% WER on these 40 clips, 15% streaming (an untrained model: 100%)
     assert result["wer"] < 0.25, list(zip([u.text for u in held_out_digits], hyps, strict=True))
     stream = evaluate.score(model, stats, held_out_digits, "stream")
     assert stream["wer"] < 0.25
@@ -36,11 +36,12 @@ def test_transcribes_held_out_speakers(held_out_digits):
 
 def test_live_session_transcribes_real_clips(data_dir, held_out_digits):
     recognizer = Recognizer.load()
-    finals = recognizer.recognize(audio.load(data_dir / "fsdd" / "audio" / "4_theo_27.flac"))
-    assert " ".join(r.text for r in finals) == "four"
+    served = StreamingConfig(decoder=DecoderConfig.bundled())  # what asr-serve decodes with by default
+    finals = recognizer.recognize(audio.load(data_dir / "fsdd" / "audio" / "4_theo_27.flac"), served)
+    assert " ".join(r.text for r in finals) == "four"  # greedy says "fou": the LM restores the dropped letter
     hyps = session_texts(recognizer, held_out_digits)
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
-    assert right >= 32, hyps  # measured when it was bundled: 35 of 40 exactly right (the weights before: 35)
+    assert right >= 32, hyps  # measured when it was bundled: 34 of 40 exactly right (the weights before: 35)
 
 
 def test_int8_recognizer_matches_float_accuracy(held_out_digits):
@@ -62,12 +63,12 @@ def test_bundled_lm_fixes_misspelt_digits(held_out_digits):
     lm = DecoderConfig.bundled()
     greedy = evaluate.score(model, stats, held_out_digits, "full")
     beam = evaluate.score(model, stats, held_out_digits, "full", decode=evaluate.text_decoder(lm))
-    # measured when it was bundled: 10% greedy, 5% with the LM (the weights before: 12.5%, 5%)
+    # measured when it was bundled: 10% greedy, 2.5% with the LM (the weights before: 10%, 5%)
     assert beam["wer"] < 0.10 and beam["wer"] < greedy["wer"]
     recognizer = Recognizer.load()
     hyps = session_texts(recognizer, held_out_digits, StreamingConfig(decoder=lm))
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
-    # measured when it was bundled: 38 of 40 (greedy: 35; the weights before: 38 and 35)
+    # measured when it was bundled: 39 of 40 (greedy: 34; the weights before: 38 and 35)
     assert right >= 35, hyps
 
 
@@ -77,7 +78,7 @@ def test_a_quiet_microphone_still_works(held_out_digits):
     torch.set_num_threads(1)
     model, stats, _, _ = checkpoint.load()
     quiet = evaluate.score(model, stats, held_out_digits, "full", gain_db=-20.0)
-    # measured when it was bundled: 27.5% WER (the weights before, trained without the gain: 87.5%)
+    # measured when it was bundled: 35% WER (run 10's weights: 27.5%; run 9's, without the gain: 87.5%)
     assert quiet["wer"] < 0.45
     scaled, loud = (evaluate.load_scaled(held_out_digits[:1], db)[0] for db in (-20.0, 60.0))
     assert abs(scaled - audio.load(held_out_digits[0].path) / 10).max() < 1e-6 and abs(loud).max() <= 1.0

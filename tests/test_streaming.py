@@ -526,14 +526,10 @@ def test_trained_model_streams_like_offline(default_rec, data_dir):
 
 
 @trained
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of the bundled model: FSDD clips it gets right alone, joined by 1.5 s of faint noise, "
-    "lose a word's last letter in streaming ('on', 'co', 'tre', then a lone 'th' after the last endpoint); "
-    "the weights before these delayed it into the next final ('zer', 'on', 'e i'); see README",
-)
 def test_trained_model_long_audio_one_final_per_utterance(default_rec, data_dir):
-    # held-out FSDD speakers (the bundled model is far from good on read sentences yet; see README)
+    """Held-out FSDD clips joined by 1.5 s of faint noise: one final per clip, in its place. Weights trained
+    before the blank loss covered utterance ends held a word's last letter to the end of the stream or
+    dropped it ('zero', 'one', 'w', 'thre', 'fou', 'r'); this was a strict xfail until run 11 passed it."""
     names = ("0_theo_18", "1_yweweler_18", "4_theo_36", "2_yweweler_45", "3_theo_27")
     utts = [
         u for u in read_manifest(data_dir / "fsdd") if u.path.endswith(tuple(f"/{n}.flac" for n in names))
