@@ -189,10 +189,8 @@ def main(argv=None) -> None:
     for m in args.manifests:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
-        results[name] = {
-            mode: score(model, stats, utts, mode, args.device, None, decode, fcfg, args.gain_db)
-            for mode in args.modes
-        }
+        options = dict(device=args.device, decode=decode, feature_config=fcfg, gain_db=args.gain_db)
+        results[name] = {mode: score(model, stats, utts, mode, **options) for mode in args.modes}
         if args.peer:
             results[name]["pocketsphinx"] = score_pocketsphinx(utts, gain_db=args.gain_db)
     gain = f"; audio gain {args.gain_db:+g} dB" if args.gain_db else ""

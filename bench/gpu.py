@@ -62,15 +62,15 @@ def main(argv=None) -> None:
     results: dict = {"threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
-    folder = Path(tempfile.mkdtemp())
-    training = copies(args.manifest, args.copies, folder)
-    for device in devices:
-        for bf, mb in BATCHES if device == "cuda" else BATCHES[:1]:
-            t0 = time.time()
-            speed = train_speed(training, device, bf, mb, args.steps)
-            results[f"train {device} {bf}/{mb}"] = speed
-            took = time.time() - t0
-            print(f"train {device} batch {bf} frames / {mb} utts: {speed:.0f} audio-s/s ({took:.0f} s)")
+    with tempfile.TemporaryDirectory() as folder:
+        training = copies(args.manifest, args.copies, Path(folder))
+        for device in devices:
+            for bf, mb in BATCHES if device == "cuda" else BATCHES[:1]:
+                t0 = time.time()
+                speed = train_speed(training, device, bf, mb, args.steps)
+                results[f"train {device} {bf}/{mb}"] = speed
+                took = time.time() - t0
+                print(f"train {device} batch {bf} frames / {mb} utts: {speed:.0f} audio-s/s ({took:.0f} s)")
     utts = read_manifest(args.manifest)
     for device in devices:
         model, stats, fcfg, _ = checkpoint.load(device=device)
