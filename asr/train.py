@@ -540,8 +540,9 @@ def train(cfg: TrainConfig) -> dict:
             optimizer.step()
             step += 1
             pos.update(step=step, epoch=epoch, batch=b + 1)
-            audio_s += lengths.sum().item() / 100 * world
-            run_audio_s += lengths.sum().item() / 100 * world
+            step_audio_s = lengths.sum().item() / 100 * world
+            audio_s += step_audio_s
+            run_audio_s += step_audio_s
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             speed = audio_s / (time.time() - t0)
             bar.set_postfix(loss=f"{loss.item():.3f}", audio_s_per_s=f"{speed:.0f}", refresh=False)

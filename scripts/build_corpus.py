@@ -122,7 +122,6 @@ ENGINE_BINARIES = {
     "mbrola": "mbrola",
     "pico": "pico2wave",
 }  # engine -> binary
-PACKAGE_ENGINES = ("piper", "kokoro")  # engines that are Python packages (the `corpus` extra)
 PROMPT_WEIGHTS = {
     "sentence": 0.36,
     "digit": 0.10,
@@ -185,7 +184,7 @@ AMBIGUOUS = {"st", "co", "ft", "gr", "bbl", "ll", "d'"}  # sentences holding the
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # a key of ENGINE_BINARIES, or one of PACKAGE_ENGINES
+    engine: str  # a key of ENGINE_BINARIES or of PACKAGE_AVAILABLE
     name: str  # the engine's voice name (for espeak-ng: the accent; the variant is drawn per utterance)
     weight: float = 1.0  # relative share of the random prompts
 
@@ -402,13 +401,14 @@ def kokoro_available() -> bool:
     return True
 
 
+# engines that are Python packages (the `corpus` extra) -> whether they are installed
 PACKAGE_AVAILABLE = {"piper": piper_available, "kokoro": kokoro_available}
 
 
 def available_engines(wanted: Iterable[str] | None = None) -> list[str]:
     """The engines asked for (default: all) whose binary or package is installed; warns about the rest."""
     engines = []
-    known = [*ENGINE_BINARIES, *PACKAGE_ENGINES]
+    known = [*ENGINE_BINARIES, *PACKAGE_AVAILABLE]
     for engine in wanted or known:
         if engine not in known:
             raise SystemExit(f"unknown engine {engine!r}: expected one of {', '.join(known)}")

@@ -282,9 +282,9 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
 @pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico", "kokoro"])
 def test_each_synthesiser_speaks(tmp_path, engine):
     builder = load_builder()
-    if engine in builder.PACKAGE_ENGINES and not builder.PACKAGE_AVAILABLE[engine]():
+    if engine in builder.PACKAGE_AVAILABLE and not builder.PACKAGE_AVAILABLE[engine]():
         pytest.skip(f"{engine}'s packages (the corpus extra) are not installed")
-    if engine not in builder.PACKAGE_ENGINES and not shutil.which(builder.ENGINE_BINARIES[engine]):
+    if engine not in builder.PACKAGE_AVAILABLE and not shutil.which(builder.ENGINE_BINARIES[engine]):
         pytest.skip(f"{engine} is not installed")
     if engine == "kokoro":
         assets = ROOT / "corpus" / builder.KOKORO_ASSETS
