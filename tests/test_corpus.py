@@ -250,8 +250,11 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
     argv += ["--dev-voice", "espeak-ng:en-us-nyc", "--hours", "0.01", "--data", str(data_dir)]
     assert builder.main(argv) == 0
     manifests = {p.stem: read_manifest(p) for p in out.glob("*.jsonl")}
-    assert set(manifests) == {"train-clean", "train", "dev-fsdd", "dev-an4", "dev-pocketsphinx", "dev-synth"}
+    names = "train-clean train train-synthetic dev-fsdd dev-an4 dev-pocketsphinx dev-synth".split()
+    assert set(manifests) == set(names)
     train, clean = manifests["train"], manifests["train-clean"]
+    real = [u for u in train if u.speaker in builder.FSDD_TRAIN_SPEAKERS]  # FSDD, its copies and joins
+    assert real and manifests["train-synthetic"] == [u for u in train if u not in real]
     assert {u.path for u in clean} < {u.path for u in train}
     assert any("/aug/" in u.path for u in train)
     joins = [u for u in train if "/aug/join/" in u.path]
