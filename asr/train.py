@@ -76,6 +76,7 @@ class TrainConfig:
     chunk_max: int = 16  # largest chunk
     right_min: int = 2  # smallest right context (output frames)
     right_max: int = 6  # largest right context
+    distill_weight: float = 0.0  # latency-controlled batches also learn the full-context output (KL; 0: off)
     checkpoint_every: int = 200  # optimizer steps between checkpoints (also one at each epoch end)
     log_every: int = 20  # optimizer steps between metrics lines
     stats_utterances: int = 3000  # utterances sampled to compute the feature normalisation
@@ -250,6 +251,21 @@ def nonspeech_blank_loss(
     n = min(speech.shape[1], log_probs.shape[1])
     inside = (torch.arange(n, device=out_len.device)[None] < out_len[:, None]).float()
     return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n]) * inside).sum()
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, out_len: torch.Tensor) -> torch.Tensor:
+    """Summed KL(teacher || student) over the output frames of each utterance: in-place distillation of the
+    full-context output into the latency-controlled one (Yu et al. 2021, "Dual-mode ASR"). student, teacher
+    (B, T', vocab) log-probs of the same batch from the same weights, the teacher's without gradient.
+
+    Both modes share every weight and their CTC spikes fall on the same frames, so the frame-level targets
+    are the full-context posteriors where the latency-controlled ones lack the look-ahead to match them:
+    at the first letters of a stream and at the ends of chunks.
+    """
+    inside = (torch.arange(student.shape[1], device=out_len.device)[None] < out_len[:, None]).float()
+    teacher = teacher.float()
+    kl = (teacher.exp() * (teacher - student.float())).sum(-1)
+    return (kl * inside).sum()
 
 
 def inner_pauses(nonspeech: torch.Tensor, length: int, subsample: int) -> list[tuple[int, int]]:
@@ -522,6 +538,12 @@ def train(cfg: TrainConfig) -> dict:
                 group["lr"] = get_lr(step, cfg, total_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 log_probs, out_len = ddp(x, lengths, chunk, right)
+                teacher = None
+                if cfg.distill_weight and chunk is not None:
+                    model.eval()  # the teacher's output without dropout
+                    with torch.no_grad():
+                        teacher, _ = model(x, lengths, None, right)
+                    model.train()
             if cfg.split_at_pauses and quiet_min:
                 pieces = pause_segments(
                     log_probs, out_len, lengths, targets, target_lengths, nonspeech, model_config.subsample
@@ -533,6 +555,8 @@ def train(cfg: TrainConfig) -> dict:
                 loss = loss + cfg.pad_blank_weight * nonspeech_blank_loss(
                     log_probs, out_len, nonspeech, model_config.subsample
                 )
+            if teacher is not None:
+                loss = loss + cfg.distill_weight * distill_loss(log_probs, teacher, out_len)
             loss = loss / len(mine[b])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

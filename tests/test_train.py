@@ -177,6 +177,54 @@ def test_nonspeech_blank_loss_covers_the_last_frames_of_each_utterance(data_dir)
     assert train.nonspeech_blank_loss(beyond, out_len, nonspeech, 3).item() == 0.0
 
 
+def test_distill_loss_is_the_kl_inside_each_utterance():
+    torch.manual_seed(0)
+    teacher = torch.log_softmax(torch.randn(2, 6, 29), -1)
+    student = torch.log_softmax(torch.randn(2, 6, 29), -1).requires_grad_()
+    out_len = torch.tensor([6, 4])
+    assert train.distill_loss(teacher, teacher, out_len).item() == pytest.approx(0.0, abs=1e-6)
+    loss = train.distill_loss(student, teacher, out_len)
+    kl = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+    assert loss.item() == pytest.approx((kl[0].sum() + kl[1, :4].sum()).item(), rel=1e-5)
+    loss.backward()
+    assert student.grad[1, 4:].abs().max() == 0  # frames past an utterance's end teach nothing
+    assert student.grad[1, :4].abs().max() > 0
+
+
+@pytest.mark.slow
+def test_distillation_pulls_the_latency_controlled_output_to_the_full_context_one(handful, tmp_path):
+    """Chunks of one frame without look-ahead leave the backward direction nearly blind, so a model's
+    chunked output drifts from its full-context output as it learns; in-place distillation keeps the two
+    close (measured: a fourth of the KL without it after 150 steps)."""
+    utts = read_manifest(handful)
+    gaps = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        cfg = tiny_config(
+            handful,
+            out,
+            max_steps=150,
+            distill_weight=weight,
+            chunk_min=1,
+            chunk_max=1,
+            right_min=0,
+            right_max=0,
+            threads=1,
+        )
+        train.train(cfg)
+        model, stats, fcfg, _ = checkpoint.load(out / "last.pt")
+        gap = 0.0
+        for u in utts:
+            x = stats.apply(features.log_mel(torch.from_numpy(audio.load(u.path)), fcfg))[None]
+            lengths = torch.tensor([x.shape[1]])
+            with torch.no_grad():
+                full, out_len = model(x, lengths, None, 0)
+                chunked, _ = model(x, lengths, 1, 0)
+            gap += train.distill_loss(chunked, full, out_len).item() / out_len.item()
+        gaps[weight] = gap / len(utts)
+    assert gaps[1.0] < 0.5 * gaps[0.0], gaps
+
+
 def test_pause_segments_cut_after_the_word_before_a_pause():
     """A model that holds "b" and the space of "ab cd" back through a pause (frames 8-19) until "c": the
     pieces are "ab " before the middle of the pause and "cd" after it, so CTC asks for them before it."""
