@@ -37,9 +37,9 @@ state carries on (as in sherpa's endpointing), so the model hears one continuous
 stream together are the decode of the whole stream's log-probs. With `reset_at_endpoint` the model state
 also goes back to zero at the next chunk boundary (the frames between the endpoint and it are non-speech by
 construction), so every utterance starts as a training utterance did; the finals are then the decode of each
-stretch between resets (`Session.resets`) as a stream of its own. With the bundled model resets are better
-on joined FSDD digits, worse on padded an4 clips and level on plain ones (`make eval-long`, README), so they
-are off by default. An utterance in which nothing was said restarts silently every `endpoint_silence_s`
+stretch between resets (`Session.resets`) as a stream of its own. With the bundled model resets are worse
+on joined FSDD digits and on padded an4 clips and level on plain ones (`make eval-long`, README), so they are
+off by default. An utterance in which nothing was said restarts silently every `endpoint_silence_s`
 (resetting the model state too when resets are on), so leading silence does not pile up. With
 `single_utterance` the session is `done` after the first final and ignores later audio.
 
