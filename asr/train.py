@@ -261,7 +261,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, out_len: torch.Te
     Both modes share every weight and most of their CTC spikes fall on the same frames (93% of the bundled
     weights' full-context letter spikes on an4), so the targets mostly teach what the chunked output lacks
     the look-ahead for. Where the spikes differ they ask for letters it cannot hear yet: at weight 2 both
-    modes got worse within an epoch (README, variant Z), so it is off by default.
+    modes got worse within an epoch, and at 0.3 an4 did (README, variant Z), so it is off by default.
     """
     inside = (torch.arange(student.shape[1], device=out_len.device)[None] < out_len[:, None]).float()
     teacher = teacher.float()
