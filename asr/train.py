@@ -96,6 +96,11 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
+def inside(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, frames) bool: True on each sequence's frames below its length, False on the padding after it."""
+    return torch.arange(frames, device=lengths.device)[None] < lengths[:, None]
+
+
 @dataclass
 class Corpus:
     """Utterances with their un-normalised features (fp16, in memory) and target ids."""
@@ -224,7 +229,7 @@ def collate(
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     if voice:
         x = perturb_voice(x, lengths, gen, **voice)
-    x = (x - stats.mean) / stats.std * (torch.arange(x.shape[1]) < lengths[:, None]).unsqueeze(-1)
+    x = (x - stats.mean) / stats.std * inside(lengths, x.shape[1]).unsqueeze(-1)
     nonspeech = torch.nn.utils.rnn.pad_sequence(nonspeech, batch_first=True, padding_value=True)
     targets = torch.cat([corpus.targets[i] for i in idx])
     target_lengths = torch.tensor([len(corpus.targets[i]) for i in idx])
@@ -249,8 +254,7 @@ def nonspeech_blank_loss(
     speech = F.max_pool1d(speech, subsample, subsample, ceil_mode=True)
     speech = F.max_pool1d(speech, 2 * margin + 1, 1, padding=margin)[:, 0]  # (B, T'')
     n = min(speech.shape[1], log_probs.shape[1])
-    inside = (torch.arange(n, device=out_len.device)[None] < out_len[:, None]).float()
-    return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n]) * inside).sum()
+    return -(log_probs[:, :n, text.BLANK_ID].float() * (1 - speech[:, :n]) * inside(out_len, n)).sum()
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, out_len: torch.Tensor) -> torch.Tensor:
@@ -263,10 +267,9 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, out_len: torch.Te
     the look-ahead for. Where the spikes differ they ask for letters it cannot hear yet: at weight 2 both
     modes got worse within an epoch, and at 0.3 an4 did (README, variant Z), so it is off by default.
     """
-    inside = (torch.arange(student.shape[1], device=out_len.device)[None] < out_len[:, None]).float()
     teacher = teacher.float()
     kl = (teacher.exp() * (teacher - student.float())).sum(-1)
-    return (kl * inside).sum()
+    return (kl * inside(out_len, student.shape[1])).sum()
 
 
 def inner_pauses(nonspeech: torch.Tensor, length: int, subsample: int) -> list[tuple[int, int]]:
@@ -401,7 +404,7 @@ def perturb_voice(
             low, high = gain_db
             db += low + torch.rand(b, 1, generator=generator) * (high - low)
         out = channel_gain(out, db)
-    return out * (torch.arange(out.shape[1]) < lengths[:, None]).unsqueeze(-1)
+    return out * inside(lengths, out.shape[1]).unsqueeze(-1)
 
 
 def spec_augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

@@ -215,7 +215,7 @@ def test_distillation_pulls_the_latency_controlled_output_to_the_full_context_on
         model, stats, fcfg, _ = checkpoint.load(out / "last.pt")
         gap = 0.0
         for u in utts:
-            x = stats.apply(features.log_mel(torch.from_numpy(audio.load(u.path)), fcfg))[None]
+            x = features.extract(audio.load(u.path), fcfg, stats)[None]
             lengths = torch.tensor([x.shape[1]])
             with torch.no_grad():
                 full, out_len = model(x, lengths, None, 0)
