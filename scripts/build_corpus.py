@@ -413,7 +413,8 @@ KOKORO_ENGINES = ("kokoro", "kokoro-mix")  # the engines that need `kokoro_asset
 
 
 def available_engines(wanted: Iterable[str] | None = None) -> list[str]:
-    """The engines asked for (default: all) whose binary or package is installed; warns about the rest."""
+    """The engines asked for (default: all but OPT_IN_ENGINES) whose binary or package is installed; warns
+    about the rest."""
     engines = []
     known = [*ENGINE_BINARIES, *PACKAGE_AVAILABLE]
     for engine in wanted or [e for e in known if e not in OPT_IN_ENGINES]:
