@@ -92,17 +92,42 @@ def export(src: str | os.PathLike, dst: str | os.PathLike = DEFAULT_MODEL) -> Pa
     return Path(dst)
 
 
+def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
+    """Average the weights of checkpoints of one model (say, runs continued from the same weights on other
+    data or seeds) into a file to serve. They must agree on everything but the weights: model and feature
+    config and normalisation statistics."""
+    if not srcs:
+        raise CheckpointError("nothing to average")
+    loaded = [load(src) for src in srcs]
+    model, stats, fcfg, first = loaded[0]
+    for src, (*_, payload) in zip(srcs[1:], loaded[1:], strict=True):
+        for key in ("model_config", "feature_config", "stats"):
+            if payload[key] != first[key]:
+                raise CheckpointError(f"{src}: its {key.replace('_', ' ')} differs from {srcs[0]}'s")
+    states = [m.state_dict() for m, *_ in loaded]
+    model.load_state_dict(
+        {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype) for k, v in states[0].items()}
+    )
+    save(dst, model, stats, fcfg, averaged=[str(src) for src in srcs])
+    return Path(dst)
+
+
 def main(argv=None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="asr checkpoints: export a training checkpoint for serving.")
+    parser = argparse.ArgumentParser(
+        description="asr checkpoints: export a training checkpoint for serving, or average several."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="strip optimizer state: runs/x/best.pt -> models/default.pt")
     exp.add_argument("src")
     exp.add_argument("dst", nargs="?", default=str(DEFAULT_MODEL))
+    avg = sub.add_parser("average", help="average the weights of checkpoints: OUT IN IN [IN ...]")
+    avg.add_argument("dst")
+    avg.add_argument("srcs", nargs="+")
     args = parser.parse_args(argv)
     try:
-        out = export(args.src, args.dst)
+        out = export(args.src, args.dst) if args.command == "export" else average(args.srcs, args.dst)
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")

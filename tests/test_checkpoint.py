@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -50,3 +52,24 @@ def test_rejects_corrupt_foreign_and_missing_files(saved, tmp_path):
     torch.save({"format": "asr-checkpoint", "obj": FeatureStats.identity()}, evil)  # a pickled class
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses objects
         checkpoint.load(evil)
+
+
+def test_average_of_checkpoints(saved, tmp_path):
+    path, model, stats = saved
+    torch.manual_seed(1)
+    other = AcousticModel(PRESETS["tiny"])
+    checkpoint.save(tmp_path / "other.pt", other, stats)
+    out = tmp_path / "avg.pt"
+    checkpoint.main(["average", str(out), str(path), str(tmp_path / "other.pt")])
+    averaged, averaged_stats, _, payload = checkpoint.load(out)
+    mine, theirs = model.state_dict(), other.state_dict()
+    for key, value in averaged.state_dict().items():
+        assert torch.allclose(value, (mine[key] + theirs[key]) / 2, atol=1e-6), key
+    assert torch.equal(averaged_stats.std, stats.std) and "optimizer" not in payload
+    assert payload["averaged"] == [str(path), str(tmp_path / "other.pt")]
+    checkpoint.save(tmp_path / "restated.pt", other, FeatureStats(stats.mean + 1, stats.std))
+    with pytest.raises(CheckpointError, match="stats differs"):  # other normalisation: not one model
+        checkpoint.average([path, tmp_path / "restated.pt"], tmp_path / "bad.pt")
+    checkpoint.save(tmp_path / "small.pt", AcousticModel(replace(PRESETS["tiny"], hidden=32)), stats)
+    with pytest.raises(CheckpointError, match="model config differs"):
+        checkpoint.average([path, tmp_path / "small.pt"], tmp_path / "bad.pt")
