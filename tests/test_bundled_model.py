@@ -28,7 +28,7 @@ def test_transcribes_held_out_speakers(held_out_digits):
     model, stats, _, _ = checkpoint.load()
     hyps = []
     result = evaluate.score(model, stats, held_out_digits, "full", hyps_out=hyps)
-    # measured when it was bundled: 10% WER on these 40 clips, 7.5% streaming (an untrained model: 100%)
+    # measured when it was bundled: 10% WER on these 40 clips, 10% streaming (W: 7.5%; untrained: 100%)
     assert result["wer"] < 0.25, list(zip([u.text for u in held_out_digits], hyps, strict=True))
     stream = evaluate.score(model, stats, held_out_digits, "stream")
     assert stream["wer"] < 0.25
@@ -41,7 +41,7 @@ def test_live_session_transcribes_real_clips(data_dir, held_out_digits):
     assert " ".join(r.text for r in finals) == "four"  # run 12's weights said "fou" greedy; the LM fixed it
     hyps = session_texts(recognizer, held_out_digits)
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
-    # measured when it was bundled: 36 of 40 right at 10 + 6 (37 at 8 + 4; the weights before: 34)
+    # measured when it was bundled: 36 of 40 right at 10 + 6 (W: 36, and 37 at 8 + 4; run 12's: 34)
     assert right >= 32, hyps
 
 
@@ -69,7 +69,7 @@ def test_bundled_lm_fixes_misspelt_digits(held_out_digits):
     recognizer = Recognizer.load()
     hyps = session_texts(recognizer, held_out_digits, StreamingConfig(decoder=lm))
     right = sum(h == u.text for h, u in zip(hyps, held_out_digits, strict=True))
-    # measured when it was bundled: 39 of 40 (greedy: 36; at 8 + 4 39 and 37; run 12's weights: 39 and 34)
+    # measured when it was bundled: 39 of 40 (greedy: 36; W the same, at 8 + 4 39 and 37; run 12's: 39 and 34)
     assert right >= 35, hyps
 
 
@@ -79,7 +79,7 @@ def test_a_quiet_microphone_still_works(held_out_digits):
     torch.set_num_threads(1)
     model, stats, _, _ = checkpoint.load()
     quiet = evaluate.score(model, stats, held_out_digits, "full", gain_db=-20.0)
-    # measured when it was bundled: 22.5% WER (run 12's weights: 35%; run 9's, without the gain: 87.5%)
+    # measured when it was bundled: 20% WER (W: 22.5%; run 12's: 35%; run 9's, without the gain: 87.5%)
     assert quiet["wer"] < 0.45
     scaled, loud = (evaluate.load_scaled(held_out_digits[:1], db)[0] for db in (-20.0, 60.0))
     assert abs(scaled - audio.load(held_out_digits[0].path) / 10).max() < 1e-6 and abs(loud).max() <= 1.0
