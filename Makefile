@@ -50,7 +50,7 @@ data: install  ## build the training/dev speech corpus under corpus/ (needs make
 data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 min), for TRAIN_ARGS="--train ..." (README)
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro --engines kokoro --hours 9 --seed 4321 $(DATA_ARGS)
 
-data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~40 min), as data-kokoro
+data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~35 min), as data-kokoro
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro-mix --engines kokoro-mix --hours 9 --seed 6789 $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
