@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -35,9 +36,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import librosa
 import numpy as np
@@ -443,10 +445,12 @@ def all_voices() -> list[Voice]:
     return voices
 
 
-def kokoro_mixes() -> dict[str, tuple[tuple[str, float], ...]]:
+@functools.cache
+def kokoro_mixes() -> Mapping[str, tuple[tuple[str, float], ...]]:
     """The `kokoro-mix` speakers: name -> (Kokoro voice, weight) pairs, weights summing to 1, the heaviest
     first (its accent is the one spoken). New voices between Kokoro's own: mixes across sex and accent sit
-    between theirs in pitch, timbre and accent; drawn from KOKORO_MIX_SEED, so always the same."""
+    between theirs in pitch, timbre and accent; drawn from KOKORO_MIX_SEED, so always the same. Drawn once
+    per process (every Kokoro job looks its mix up here), read-only."""
     names = list(KOKORO_VOICES)
     mixes = {}
     for i in range(KOKORO_MIXES):
@@ -455,7 +459,7 @@ def kokoro_mixes() -> dict[str, tuple[tuple[str, float], ...]]:
         weights = rng.dirichlet(np.ones(KOKORO_MIX_PARTS))
         order = np.argsort(-weights)
         mixes[f"mix{i:03d}"] = tuple((names[parts[k]], round(float(weights[k]), 3)) for k in order)
-    return mixes
+    return MappingProxyType(mixes)
 
 
 def find_voice(key: str) -> Voice:
