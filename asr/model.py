@@ -153,7 +153,11 @@ class AcousticModel(nn.Module):
         out, h = rnn(x, None if hc is None else hc[0])
         return out, (h, torch.zeros_like(h))
 
-    def _backward_dir(self, layer: int, x: Tensor, lengths: Tensor) -> Tensor:
+    def _backward_dir(self, layer: int, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """The backward direction of one layer over (B, T, D); lengths None: no padding (a plain flip)."""
+        if lengths is None:
+            out, _ = self._run(self.bwd[layer], x.flip(1), None)
+            return out.flip(1)
         out, _ = self._run(self.bwd[layer], reverse_padded(x, lengths), None)
         return reverse_padded(out, lengths)
 
@@ -176,16 +180,18 @@ class AcousticModel(nn.Module):
             x = y
         return self.head(self.dropout(x)).log_softmax(-1), out_len
 
-    def _lc_layers(self, windows: Tensor, win_len: Tensor, chunk: int, h: Tensor, c: Tensor):
+    def _lc_layers(self, windows: Tensor, win_len: Tensor | None, chunk: int, h: Tensor, c: Tensor):
         """Latency-controlled layers over windows of chunk + right frames.
 
         windows (B, N, chunk + right, D): N consecutive chunks, each with its right context;
-        win_len (B, N): valid frames of each window; h, c (layers, B, H): forward state before the first
-        chunk. Returns the last layer's windows (B, N, chunk + right, D') and the state after the last chunk.
+        win_len (B, N): valid frames of each window, None when all are whole; h, c (layers, B, H): forward
+        state before the first chunk. Returns the last layer's output on the chunk frames (B, N, chunk, D')
+        and the state after the last chunk.
         """
         B, N, W, _ = windows.shape
+        layers = self.config.rnn_layers
         hs, cs = [], []
-        for i in range(self.config.rnn_layers):
+        for i in range(layers):
             x = self.dropout(windows) if i else windows
             # forward direction over the chunk frames, carried from chunk to chunk
             hc = (h[i : i + 1], c[i : i + 1])
@@ -205,15 +211,17 @@ class AcousticModel(nn.Module):
                 c_end = torch.zeros_like(h_end)
             hs.append(hc[0])
             cs.append(hc[1])
-            if W > chunk:  # forward direction over the right context, from each chunk's end state
+            last = i == layers - 1  # only its chunk frames are output: its right context needs no forward
+            if W > chunk and not last:  # forward over the right context, from each chunk's end state
                 h0, c0 = h_end.reshape(1, B * N, -1), c_end.reshape(1, B * N, -1)
                 out, _ = self._run(self.fwd[i], x[:, :, chunk:].reshape(B * N, W - chunk, -1), (h0, c0))
                 fwd = torch.cat([fwd, out.reshape(B, N, W - chunk, -1)], dim=2)
             if self.config.bidirectional:  # backward direction: fresh from each window's end
-                bwd = self._backward_dir(i, x.reshape(B * N, W, -1), win_len.reshape(-1))
-                fwd = torch.cat([fwd, bwd.reshape(B, N, W, -1)], dim=3)
+                lengths = None if win_len is None else win_len.reshape(-1)
+                bwd = self._backward_dir(i, x.reshape(B * N, W, -1), lengths).reshape(B, N, W, -1)
+                fwd = torch.cat([fwd, bwd[:, :, : fwd.shape[2]]], dim=3)
             windows = fwd
-        return windows, torch.cat(hs), torch.cat(cs)
+        return windows[:, :, :chunk], torch.cat(hs), torch.cat(cs)
 
     def forward_chunked(
         self, features: Tensor, lengths: Tensor, chunk: int, right: int, state: ModelState | None = None
@@ -233,7 +241,7 @@ class AcousticModel(nn.Module):
         starts = torch.arange(N, device=x.device) * chunk
         win_len = (out_len.unsqueeze(1) - starts).clamp(0, chunk + right)
         y, _, _ = self._lc_layers(windows, win_len, chunk, state.h, state.c)
-        y = y[:, :, :chunk].reshape(B, N * chunk, -1)[:, :T]
+        y = y.reshape(B, N * chunk, -1)[:, :T]
         return self.head(self.dropout(y)).log_softmax(-1), out_len
 
     def init_state(self, batch: int = 1, ref: Tensor | None = None) -> ModelState:
@@ -260,9 +268,7 @@ class AcousticModel(nn.Module):
         conv1, conv2 = a[:, :, used : used + k1], b[:, :, used : used + k2]
         if n_out == 0:
             return x.new_zeros(B, 0, self.config.vocab), ModelState(conv1, conv2, state.h, state.c)
-        W = x.shape[1]
-        win_len = torch.full((B, 1), W, device=x.device)
-        y, h, c = self._lc_layers(x.unsqueeze(1), win_len, n_out, state.h, state.c)
+        y, h, c = self._lc_layers(x.unsqueeze(1), None, n_out, state.h, state.c)
         return self.head(y[:, 0, :n_out]).log_softmax(-1), ModelState(conv1, conv2, h, c)
 
     def num_parameters(self) -> int:

@@ -63,6 +63,21 @@ def test_chunked_differs_from_full_context_only_when_bidirectional():
             assert (diff > 1e-3) if bi else (diff < 1e-5)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_one_window_over_the_whole_utterance_is_full_context(rnn):
+    """A chunk as long as the utterance sees all of it, as full context does (right context beyond the end
+    is padding, so nothing changes)."""
+    model = make(rnn, True)
+    x, lengths = torch.randn(2, 150, 80), torch.tensor([150, 150])
+    with torch.no_grad():
+        full, n = model(x, lengths)
+        for right in (0, 4):
+            chunked, _ = model(x, lengths, int(n[0]), right)
+            assert (full - chunked).abs().max() < 1e-5
+            streamed = stream(model, x[0], int(n[0]), right)
+            assert (full[0] - streamed).abs().max() < 1e-5
+
+
 def test_padding_does_not_change_outputs():
     model = make("gru", True)
     x = torch.randn(1, 150, 80)
