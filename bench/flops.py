@@ -20,25 +20,32 @@ def flops_per_audio_second(
     chunk: int | None = None,
     right: int = DEFAULT_RIGHT,
     feature_config: FeatureConfig = FeatureConfig(),
+    stepped: bool = True,
 ) -> dict[str, float]:
     """FLOPs of one second of audio through the model: {'conv', 'rnn', 'head', 'total'}.
 
     Full context when `chunk` is None. Latency-controlled (streaming `step()` and `forward_chunked`): each
     chunk of `chunk` output frames is computed with `right` frames of look-ahead that both directions of
-    every layer process again as part of the next chunk: the recurrent work grows by (chunk + right) / chunk.
+    every layer but the last process again as part of the next chunk, a factor of (chunk + right) / chunk;
+    the last layer's forward direction runs on the chunk frames alone. Streaming (`stepped`) runs the conv
+    front end on the look-ahead again too; `forward_chunked` (training) runs it once over the utterance.
     """
     in_fps = feature_config.frame_rate  # feature frames per second
     out_fps = in_fps / cfg.subsample  # output frames per second
+    recompute = 1.0 if chunk is None else (chunk + right) / chunk
     conv = 2 * cfg.n_mels * cfg.conv_channels * cfg.conv_kernel * in_fps  # stride-1 conv on every frame
     conv += 2 * cfg.conv_channels * cfg.conv_channels * 2 * cfg.subsample * out_fps  # kernel 2S, stride S
+    conv *= recompute if stepped else 1.0
     gates = 4 if cfg.rnn_type == "lstm" else 3
     dirs = 2 if cfg.bidirectional else 1
-    per_frame = 0.0
+    rnn = 0.0
     for layer in range(cfg.rnn_layers):
         size_in = cfg.conv_channels if layer == 0 else cfg.hidden * dirs
-        per_frame += dirs * 2 * gates * cfg.hidden * (size_in + cfg.hidden)
-    recompute = 1.0 if chunk is None else (chunk + right) / chunk
-    rnn = per_frame * out_fps * recompute
+        per_dir = 2 * gates * cfg.hidden * (size_in + cfg.hidden) * out_fps
+        if layer < cfg.rnn_layers - 1:
+            rnn += dirs * per_dir * recompute
+        else:  # the forward direction on the chunk frames only; the backward one on the whole window
+            rnn += per_dir + (dirs - 1) * per_dir * recompute
     head = 2 * cfg.hidden * dirs * cfg.vocab * out_fps
     return {"conv": conv, "rnn": rnn, "head": head, "total": conv + rnn + head}
 

@@ -436,7 +436,8 @@ def bench_floor(model_path: Path, preset: str, results: dict) -> dict:
         train_cfg = PRESETS[preset]
         for mode, chunk in (("full", None), ("latency_controlled", DEFAULT_CHUNK)):
             # training: forward + backward (about twice the forward's FLOPs) = 3x the forward
-            f = 3 * flopcount.flops_per_audio_second(train_cfg, chunk, DEFAULT_RIGHT)["total"] / 1e9
+            forward = flopcount.flops_per_audio_second(train_cfg, chunk, DEFAULT_RIGHT, stepped=False)
+            f = 3 * forward["total"] / 1e9
             floor = mm_all / f  # audio seconds per second
             out[f"floor_training_{mode}_audio_s_per_s"] = floor
             cpu = tr.get("cpu", {}).get(mode)

@@ -18,12 +18,16 @@ def test_flops_of_the_default_preset():
     full = flops.flops_per_audio_second(cfg)
     out_fps = 100 / cfg.subsample
     conv = 2 * 80 * 256 * 5 * 100 + 2 * 256 * 256 * 6 * out_fps
-    lstm = 2 * 2 * 4 * 256 * (256 + 256) + 2 * 2 * 2 * 4 * 256 * (512 + 256)  # per frame, both directions
+    first, other = 2 * 4 * 256 * (256 + 256), 2 * 4 * 256 * (512 + 256)  # per frame and direction
     assert full["conv"] == pytest.approx(conv)
-    assert full["rnn"] == pytest.approx(lstm * out_fps)
+    assert full["rnn"] == pytest.approx(2 * (first + 2 * other) * out_fps)
     assert full["head"] == pytest.approx(2 * 512 * cfg.vocab * out_fps)
-    lc = flops.flops_per_audio_second(cfg, chunk=8, right=4)
-    assert lc["rnn"] == pytest.approx(1.5 * full["rnn"]) and lc["conv"] == full["conv"]
+    lc = flops.flops_per_audio_second(cfg, chunk=8, right=4)  # look-ahead: 1.5x the frames
+    # every layer's both directions see it again, but the last layer's forward direction
+    assert lc["rnn"] == pytest.approx((1.5 * 2 * (first + other) + other + 1.5 * other) * out_fps)
+    assert lc["conv"] == pytest.approx(1.5 * full["conv"]) and lc["head"] == full["head"]
+    trained = flops.flops_per_audio_second(cfg, chunk=8, right=4, stepped=False)  # forward_chunked
+    assert trained["conv"] == full["conv"] and trained["rnn"] == lc["rnn"]
     assert flops.matmul_gflops(1, n=256, min_time_s=0.05) > 0.1
 
 
