@@ -81,14 +81,55 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     return jiwer.wer(list(r), list(h)), jiwer.cer(list(r), list(h))
 
 
+def word_errors(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Word errors (substitutions + deletions + insertions) and reference words of each utterance, as
+    `error_rates` counts them (normalised text; utterances with an empty reference left out)."""
+    errors, words = [], []
+    for r, h in zip(refs, hyps, strict=True):
+        r, h = text.normalize(r), text.normalize(h)
+        if r:
+            out = jiwer.process_words(r, h)
+            errors.append(out.substitutions + out.deletions + out.insertions)
+            words.append(len(r.split()))
+    return np.array(errors, dtype=float), np.array(words, dtype=float)
+
+
+def wer_interval(refs: list[str], hyps: list[str], confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the corpus WER over utterances (scipy, percentile method, fixed seed).
+
+    What another sample of utterances like these could give: on the 11 pocketsphinx clips it spans tens of
+    points, so a difference between two models inside it means little by itself.
+    """
+    from scipy.stats import bootstrap
+
+    errors, words = word_errors(refs, hyps)
+    if len(words) < 2 or not errors.any():
+        wer = float(errors.sum() / words.sum()) if words.sum() else 0.0
+        return wer, wer
+    result = bootstrap(
+        (errors, words),
+        lambda e, n, axis: e.sum(axis) / n.sum(axis),
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(0),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def figures(utts: list[Utterance], hyps: list[str], elapsed: float, hyps_out: list | None = None) -> dict:
-    """{'wer', 'cer', 'rtf', 'utterances', 'audio_s'} of hypotheses against the utterances' references."""
+    """{'wer', 'wer_ci', 'cer', 'rtf', 'utterances', 'audio_s'} of hypotheses against the utterances'
+    references; wer_ci: the 95% bootstrap interval of the WER (`wer_interval`)."""
     audio_s = sum(u.duration for u in utts)
-    wer, cer = error_rates([u.text for u in utts], hyps)
+    refs = [u.text for u in utts]
+    wer, cer = error_rates(refs, hyps)
     if hyps_out is not None:
         hyps_out.extend(hyps)
     return {
         "wer": wer,
+        "wer_ci": wer_interval(refs, hyps),
         "cer": cer,
         "rtf": elapsed / max(audio_s, 1e-9),
         "utterances": len(utts),
@@ -147,8 +188,10 @@ def format_table(results: dict, title: str = "") -> str:
     rows = []
     for name, r in results.items():
         for mode, m in r.items() if "wer" not in r else [("", r)]:
-            rows.append((name, mode, f"{100 * m['wer']:.1f}", f"{100 * m['cer']:.1f}", f"{m['rtf']:.4f}"))
-    head = ("set", "mode", "WER %", "CER %", "RTF")
+            low, high = m.get("wer_ci", (m["wer"], m["wer"]))
+            ci = f"{100 * low:.1f}-{100 * high:.1f}"
+            rows.append((name, mode, f"{100 * m['wer']:.1f}", ci, f"{100 * m['cer']:.1f}", f"{m['rtf']:.4f}"))
+    head = ("set", "mode", "WER %", "WER 95% CI", "CER %", "RTF")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [title] if title else []

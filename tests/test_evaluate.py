@@ -1,0 +1,50 @@
+"""Scoring: corpus error rates and the bootstrap interval of the WER."""
+
+import pytest
+
+from asr import evaluate
+from asr.data import read_manifest
+
+
+def corrupt(sentence: str, k: int) -> str:
+    """Every third sentence loses its first word and gets its last one wrong."""
+    words = sentence.split()
+    if k % 3 or len(words) < 2:
+        return sentence
+    return " ".join(words[1:-1] + ["xyzzy"])
+
+
+@pytest.fixture(scope="module")
+def an4_pairs(data_dir):
+    refs = [u.text for u in read_manifest(data_dir / "an4")]
+    return refs, [corrupt(r, k) for k, r in enumerate(refs)]
+
+
+def test_word_errors_add_up_to_the_corpus_wer(an4_pairs):
+    refs, hyps = an4_pairs
+    errors, words = evaluate.word_errors(refs, hyps)
+    assert len(errors) == len(refs) and errors.sum() > 0
+    assert errors.sum() / words.sum() == pytest.approx(evaluate.error_rates(refs, hyps)[0])
+
+
+def test_wer_interval_holds_the_wer_and_narrows_with_more_utterances(an4_pairs):
+    refs, hyps = an4_pairs
+    wer = evaluate.error_rates(refs, hyps)[0]
+    low, high = evaluate.wer_interval(refs, hyps)
+    assert low < wer < high and high - low > 0.02
+    assert evaluate.wer_interval(refs, hyps) == (low, high)  # a fixed seed: the same interval every run
+    low16, high16 = evaluate.wer_interval(refs * 16, hyps * 16)  # 16 times the utterances: 1/4 the width
+    assert low16 < wer < high16 and (high16 - low16) < 0.4 * (high - low)
+
+
+def test_wer_interval_of_perfect_or_single_transcripts_is_the_wer(an4_pairs):
+    refs, hyps = an4_pairs
+    assert evaluate.wer_interval(refs, refs) == (0.0, 0.0)
+    wer = evaluate.error_rates(refs[:1], hyps[:1])[0]
+    assert evaluate.wer_interval(refs[:1], hyps[:1]) == (wer, wer)
+
+
+def test_format_table_shows_the_interval():
+    results = {"an4": {"full": {"wer": 0.184, "wer_ci": (0.123, 0.25), "cer": 0.116, "rtf": 0.005}}}
+    table = evaluate.format_table(results)
+    assert "WER 95% CI" in table and "12.3-25.0" in table
