@@ -119,6 +119,31 @@ def wer_interval(refs: list[str], hyps: list[str], confidence: float = 0.95) -> 
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def wer_difference_interval(
+    refs: list[str], hyps_a: list[str], hyps_b: list[str], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(WER of a - WER of b, low, high): the paired bootstrap interval of the difference of two systems'
+    WERs on the same utterances. An interval that holds 0 does not tell the two apart on this set."""
+    from scipy.stats import bootstrap
+
+    errors_a, words = word_errors(refs, hyps_a)
+    errors_b, _ = word_errors(refs, hyps_b)
+    diff = float((errors_a.sum() - errors_b.sum()) / words.sum()) if words.sum() else 0.0
+    if len(words) < 2 or not (errors_a - errors_b).any():
+        return diff, diff, diff
+    result = bootstrap(
+        (errors_a, errors_b, words),
+        lambda a, b, n, axis: (a.sum(axis) - b.sum(axis)) / n.sum(axis),
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(0),
+    )
+    return diff, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def figures(utts: list[Utterance], hyps: list[str], elapsed: float, hyps_out: list | None = None) -> dict:
     """{'wer', 'wer_ci', 'cer', 'rtf', 'utterances', 'audio_s'} of hypotheses against the utterances'
     references; wer_ci: the 95% bootstrap interval of the WER (`wer_interval`)."""

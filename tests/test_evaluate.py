@@ -44,6 +44,21 @@ def test_wer_interval_of_perfect_or_single_transcripts_is_the_wer(an4_pairs):
     assert evaluate.wer_interval(refs[:1], hyps[:1]) == (wer, wer)
 
 
+def test_paired_difference_interval_tells_a_worse_system_apart(an4_pairs):
+    refs, hyps = an4_pairs
+    worse = [corrupt(h, k + 1) for k, h in enumerate(hyps)]  # a third more utterances corrupted
+    diff, low, high = evaluate.wer_difference_interval(refs, worse, hyps)
+    wer = evaluate.error_rates
+    assert diff == pytest.approx(wer(refs, worse)[0] - wer(refs, hyps)[0])
+    assert 0 < low < diff < high  # worse on every resample of these utterances
+    assert evaluate.wer_difference_interval(refs, hyps, hyps) == (0.0, 0.0, 0.0)
+    # one utterance apart out of 51: the interval holds 0
+    k = next(k for k, h in enumerate(hyps) if k % 3 and len(h.split()) > 1)  # one left intact so far
+    one_off = hyps[:k] + [corrupt(hyps[k], 0)] + hyps[k + 1 :]
+    diff, low, high = evaluate.wer_difference_interval(refs, one_off, hyps)
+    assert low <= 0 < diff <= high
+
+
 def test_format_table_shows_the_interval():
     results = {"an4": {"full": {"wer": 0.184, "wer_ci": (0.123, 0.25), "cer": 0.116, "rtf": 0.005}}}
     table = evaluate.format_table(results)
