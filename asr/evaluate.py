@@ -94,21 +94,13 @@ def word_errors(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarra
     return np.array(errors, dtype=float), np.array(words, dtype=float)
 
 
-def wer_interval(refs: list[str], hyps: list[str], confidence: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval of the corpus WER over utterances (scipy, percentile method, fixed seed).
-
-    What another sample of utterances like these could give: on the 11 pocketsphinx clips it spans tens of
-    points, so a difference between two models inside it means little by itself.
-    """
+def _bootstrap(data: tuple[np.ndarray, ...], statistic, confidence: float) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over paired per-utterance arrays (fixed seed)."""
     from scipy.stats import bootstrap
 
-    errors, words = word_errors(refs, hyps)
-    if len(words) < 2 or not errors.any():
-        wer = float(errors.sum() / words.sum()) if words.sum() else 0.0
-        return wer, wer
     result = bootstrap(
-        (errors, words),
-        lambda e, n, axis: e.sum(axis) / n.sum(axis),
+        data,
+        statistic,
         paired=True,
         vectorized=True,
         confidence_level=confidence,
@@ -119,29 +111,29 @@ def wer_interval(refs: list[str], hyps: list[str], confidence: float = 0.95) -> 
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def wer_interval(refs: list[str], hyps: list[str], confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the corpus WER, resampling utterances: what another sample of utterances like
+    these could give. On the 11 pocketsphinx clips it spans about 30 points."""
+    errors, words = word_errors(refs, hyps)
+    if len(words) < 2 or not errors.any():
+        wer = float(errors.sum() / words.sum()) if words.sum() else 0.0
+        return wer, wer
+    return _bootstrap((errors, words), lambda e, n, axis: e.sum(axis) / n.sum(axis), confidence)
+
+
 def wer_difference_interval(
     refs: list[str], hyps_a: list[str], hyps_b: list[str], confidence: float = 0.95
 ) -> tuple[float, float, float]:
     """(WER of a - WER of b, low, high): the paired bootstrap interval of the difference of two systems'
-    WERs on the same utterances. An interval that holds 0 does not tell the two apart on this set."""
-    from scipy.stats import bootstrap
-
+    WERs on the same utterances. An interval that holds 0 does not tell the two apart on this set; one that
+    leaves it out says nothing about how much either system's training varies with its seed."""
     errors_a, words = word_errors(refs, hyps_a)
     errors_b, _ = word_errors(refs, hyps_b)
     diff = float((errors_a.sum() - errors_b.sum()) / words.sum()) if words.sum() else 0.0
     if len(words) < 2 or not (errors_a - errors_b).any():
         return diff, diff, diff
-    result = bootstrap(
-        (errors_a, errors_b, words),
-        lambda a, b, n, axis: (a.sum(axis) - b.sum(axis)) / n.sum(axis),
-        paired=True,
-        vectorized=True,
-        confidence_level=confidence,
-        method="percentile",
-        n_resamples=2000,
-        rng=np.random.default_rng(0),
-    )
-    return diff, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    statistic = lambda a, b, n, axis: (a.sum(axis) - b.sum(axis)) / n.sum(axis)  # noqa: E731
+    return diff, *_bootstrap((errors_a, errors_b, words), statistic, confidence)
 
 
 def figures(utts: list[Utterance], hyps: list[str], elapsed: float, hyps_out: list | None = None) -> dict:
