@@ -221,7 +221,7 @@ class AcousticModel(nn.Module):
                 bwd = self._backward_dir(i, x.reshape(B * N, W, -1), lengths).reshape(B, N, W, -1)
                 fwd = torch.cat([fwd, bwd[:, :, : fwd.shape[2]]], dim=3)
             windows = fwd
-        return windows[:, :, :chunk], torch.cat(hs), torch.cat(cs)
+        return windows, torch.cat(hs), torch.cat(cs)
 
     def forward_chunked(
         self, features: Tensor, lengths: Tensor, chunk: int, right: int, state: ModelState | None = None
