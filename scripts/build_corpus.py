@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/build_corpus.py --out corpus            # about 7 hours of training audio
     .venv/bin/python scripts/build_corpus.py --out /tmp/c --small    # a smoke run: a minute of audio
+    .venv/bin/python scripts/build_corpus.py --out corpus-asterisk --source asterisk   # real speech only
 
 Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, MBROLA and SVOX Pico and,
 when the `corpus` extra is installed, two neural engines: Piper's joe voice and Kokoro-82M's 28 English
@@ -12,7 +13,10 @@ LJ Speech sentences plus generated digits, numbers, dates, spelled letters and s
 is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
 into separate files. Every random choice comes from a seed and the utterance's index, so a build is
 reproducible; existing audio files are kept, so an interrupted build resumes where it stopped; manifests
-are written atomically at the end. Everything goes under `--out`:
+are written atomically at the end. `--source asterisk` builds a corpus of real speech instead: the Asterisk
+PBX prompts of Debian's asterisk-core-sounds-en-g722 (one professional US English speaker, Allison Smith,
+16 kHz, CC BY-SA 3.0) with their transcripts, and augmented copies, in train-clean.jsonl and train.jsonl.
+Everything goes under `--out`:
 
     train-clean.jsonl   synthetic clean speech + FSDD training speakers (a clean warm-up for CTC)
     train.jsonl         train-clean + the augmented copies
@@ -26,10 +30,12 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import gzip
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +81,11 @@ FSDD_TRAIN_SPEAKERS = ("george", "jackson", "lucas", "nicolas")  # FSDD speakers
 FSDD_TRAIN_SPLITS = ("train",)  # FSDD splits trained on (the official test split stays unseen)
 FSDD_DEV_SPEAKERS = ("theo", "yweweler")  # FSDD speakers held out for dev-fsdd (all their files)
 FSDD_AUG_COPIES = 4  # augmented copies of every FSDD training utterance (real speech is scarce)
+ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # asterisk-core-sounds-en-g722
+ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")  # their transcripts
+ASTERISK_SPEAKER = "asterisk-allison"  # the one speaker of the Asterisk prompts
+ASTERISK_AUG_COPIES = 4  # augmented copies of every Asterisk prompt, as for FSDD
+ASTERISK_JOIN_SECONDS = 600.0  # joins of the short prompts (digits, letters, words) with pauses between
 RECIPE_FILE = "recipe.json"  # what the files in a corpus folder were made with (resuming needs the same)
 JOIN_SECONDS = 0.5 * 3600  # audio of joined short utterances (several digits or words from one speaker)
 JOIN_MAX_SOURCE_S = 3.0  # only utterances up to this long are joined
@@ -238,6 +249,15 @@ class JoinJob:
     speaker: str  # the speaker they share
     gaps: tuple[float, ...]  # seconds of pause between consecutive sources
     floor_db: float | None  # None: digital silence in the pauses; else a noise floor this many dB down
+
+
+@dataclass(frozen=True)
+class RecordingJob:
+    path: str  # output file, relative to the corpus folder
+    source: str  # absolute path of a real recording (raw G.722, as Asterisk ships its prompts)
+    text: str  # its transcript
+    speaker: str  # who recorded it
+    seed: int  # seeds the post-processing (padding, level, dither), as for synthetic speech
 
 
 @dataclass
@@ -535,20 +555,27 @@ def digit_sweep_jobs(seed: int, voices: list[Voice]) -> list[SynthJob]:
 
 
 def augmentation_jobs(
-    seed: int, synthetic: list[Utterance], fsdd: list[Utterance], out: Path, seconds: float
+    seed: int,
+    synthetic: list[Utterance],
+    real: list[Utterance],
+    out: Path,
+    seconds: float,
+    copies: int = FSDD_AUG_COPIES,
+    prefix: str = "fsdd",
 ) -> list[AugJob]:
-    """Augmented copies worth about `seconds`: FSDD_AUG_COPIES of each FSDD utterance with random kinds,
-    the rest split evenly between the kinds, drawn from the synthetic utterances without repeats."""
+    """Augmented copies worth about `seconds`: `copies` of each real (FSDD) utterance with random kinds,
+    named PREFIX-STEM-COPY, the rest split evenly between the kinds, drawn from the synthetic utterances
+    without repeats."""
     kinds = list(augment.KINDS)
     jobs = []
-    for i, utt in enumerate(fsdd):
-        for copy in range(FSDD_AUG_COPIES):
+    for i, utt in enumerate(real):
+        for copy in range(copies):
             rng = np.random.default_rng([seed, 3, i, copy])
             kind = kinds[rng.integers(len(kinds))]
-            path = f"aug/{kind}/fsdd-{Path(utt.path).stem}-{copy}.flac"
+            path = f"aug/{kind}/{prefix}-{Path(utt.path).stem}-{copy}.flac"
             jobs.append(AugJob(path, utt.path, kind, utt.text, utt.speaker, int(rng.integers(2**31))))
-    fsdd_seconds = FSDD_AUG_COPIES * sum(u.duration for u in fsdd)
-    per_kind = max(0.0, seconds - fsdd_seconds) / len(kinds)
+    real_seconds = copies * sum(u.duration for u in real)
+    per_kind = max(0.0, seconds - real_seconds) / len(kinds)
     for k, kind in enumerate(kinds):
         rng = np.random.default_rng([seed, 4, k])
         total = 0.0
@@ -588,6 +615,46 @@ def join_jobs(seed: int, real: list[Utterance], synthetic: list[Utterance], seco
         total += sum(u.duration for u in picked) + sum(gaps)
         index += 1
     return jobs
+
+
+# Asterisk prompt texts that do not say how they are read: bracketed descriptions ("[beep]"), elisions
+# ("Press ..."), numbers of several digits ("500": "five hundred" or "five oh oh"?), digits inside words
+# ("3D"), capitalised abbreviations ("IAX": a word or letters?) and symbols.
+UNREAD = re.compile(r"\[|\.\.|\d\d|\d[.,]\d|\d[A-Za-z]|\b[A-Z]{2,}\b|[^A-Za-z0-9\s.,;:?!'\"()-]")
+
+
+def asterisk_prompts(text_file: Path) -> dict[str, str]:
+    """Asterisk's list of its prompts ("name: Text as read.", `;` comments) -> sound name -> transcript,
+    for the prompts whose text says how it is read (`UNREAD`); single digits are spelled ("press 1")."""
+    prompts = {}
+    with gzip.open(text_file, "rt", encoding="utf-8") as f:
+        for line in f:
+            name, sep, said = line.partition(":")
+            said = said.strip()
+            if line.startswith(";") or not sep or not said or UNREAD.search(said):
+                continue
+            prompts[name.strip()] = check_transcript(normalize(said))
+    return prompts
+
+
+def asterisk_jobs(seed: int, prompts: dict[str, str], sounds: Path) -> list[RecordingJob]:
+    """One job per prompt whose sound file exists: sounds/NAME.g722 -> asterisk/NAME.flac ("/" -> "_")."""
+    jobs = []
+    for i, (name, text) in enumerate(sorted(prompts.items())):
+        source = sounds / f"{name}.g722"
+        if source.exists():
+            job_seed = int(np.random.default_rng([seed, 7, i]).integers(2**31))
+            path = f"asterisk/{name.replace('/', '_')}.flac"
+            jobs.append(RecordingJob(path, str(source), text, ASTERISK_SPEAKER, job_seed))
+    return jobs
+
+
+def read_g722(source: str) -> np.ndarray:
+    """Raw G.722 (16 kHz wideband) -> mono float32 at 16 kHz, through ffmpeg."""
+    with tempfile.TemporaryDirectory(prefix="asr-g722-") as tmp:
+        wav = os.path.join(tmp, "out.wav")
+        run_tts(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "g722", "-i", source, "-ac", "1", wav])
+        return audio.decode(Path(wav).read_bytes())
 
 
 def join_audio(job: JoinJob) -> np.ndarray:
@@ -803,11 +870,14 @@ def synthesize(job: SynthJob) -> np.ndarray:
     return polish(samples, np.random.default_rng(job.seed))
 
 
-def entry(job: SynthJob | AugJob | JoinJob, seconds: float) -> Utterance:
+Job = SynthJob | AugJob | JoinJob | RecordingJob
+
+
+def entry(job: Job, seconds: float) -> Utterance:
     return Utterance(job.path, round(seconds, 3), job.text, job.speaker)
 
 
-def run_job(job: SynthJob | AugJob | JoinJob, out: Path) -> Result:
+def run_job(job: Job, out: Path) -> Result:
     """Make one file (unless it exists) and return its manifest entry; never raises."""
     path = out / job.path
     try:
@@ -818,6 +888,8 @@ def run_job(job: SynthJob | AugJob | JoinJob, out: Path) -> Result:
             low = MIN_SECONDS
         elif isinstance(job, JoinJob):
             samples, low = join_audio(job), 0.0
+        elif isinstance(job, RecordingJob):
+            samples, low = polish(read_g722(job.source), np.random.default_rng(job.seed)), 0.0
         else:
             samples, _ = augment.random_augment(
                 job.kind, audio.load(job.source), np.random.default_rng(job.seed)
@@ -1030,6 +1102,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dev-voice", default=DEFAULT_DEV_VOICE, help=f"voice held out for dev-synth ({DEFAULT_DEV_VOICE})"
     )
     p.add_argument("--data", type=Path, default=None, help="shared speech data (default: ../shared/data)")
+    p.add_argument(
+        "--source",
+        choices=("synthetic", "asterisk"),
+        default="synthetic",
+        help="synthetic: synthesised speech + FSDD + dev sets (default); asterisk: the real speech of "
+        "Debian's Asterisk prompts and augmented copies of it",
+    )
     args = p.parse_args(argv)
     if args.hours is None:
         args.hours = SMALL_HOURS if args.small else DEFAULT_HOURS
@@ -1049,9 +1128,38 @@ def check_recipe(out: Path, recipe: dict) -> None:
     path.write_text(json.dumps(recipe, indent=1) + "\n", encoding="utf-8")
 
 
+def build_asterisk(args: argparse.Namespace, out: Path) -> Corpus:
+    """Real speech: the Asterisk prompts (clean), ASTERISK_AUG_COPIES augmented copies of each, and joins
+    of the short ones; no dev sets (one speaker)."""
+    if not (ASTERISK_TEXT.exists() and ASTERISK_SOUNDS.is_dir() and shutil.which("ffmpeg")):
+        raise SystemExit(
+            f"--source asterisk needs {ASTERISK_SOUNDS} (asterisk-core-sounds-en-g722), {ASTERISK_TEXT} "
+            "(asterisk-core-sounds-en) and ffmpeg: run make system-deps"
+        )
+    join_s = SMALL_JOIN_SECONDS if args.small else ASTERISK_JOIN_SECONDS
+    recipe = {
+        "source": "asterisk",
+        "seed": args.seed,
+        "ranges": {"pad_s": PAD_RANGE_S, "peak": PEAK_RANGE},
+        "aug_copies": ASTERISK_AUG_COPIES,
+        "join": [join_s, JOIN_MAX_SOURCE_S, JOIN_COUNT],
+    }
+    check_recipe(out, json.loads(json.dumps(recipe)))
+    jobs = asterisk_jobs(args.seed, asterisk_prompts(ASTERISK_TEXT), ASTERISK_SOUNDS)
+    corpus = Corpus(out)
+    with Runner(out, args.workers) as runner:
+        corpus.clean = run_list(runner, corpus, jobs[: SMALL_FSDD if args.small else None], "asterisk")
+        copies = augmentation_jobs(args.seed, [], corpus.clean, out, 0.0, ASTERISK_AUG_COPIES, "asterisk")
+        corpus.augmented = run_list(runner, corpus, copies, "augment")
+        corpus.augmented += run_list(runner, corpus, join_jobs(args.seed, corpus.clean, [], join_s), "join")
+    return corpus
+
+
 def build(args: argparse.Namespace) -> Corpus:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.source == "asterisk":
+        return build_asterisk(args, out)
     data = args.data or shared_data_dir()
     engines = available_engines(args.engines)
     dev_voice = find_voice(args.dev_voice)
@@ -1110,8 +1218,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     corpus = build(args)
     train = corpus.clean + corpus.augmented
-    synthetic = [u for u in train if u.speaker not in FSDD_TRAIN_SPEAKERS]  # also their copies and joins
-    manifests = {"train-clean": corpus.clean, "train": train, "train-synthetic": synthetic, **corpus.dev}
+    manifests = {"train-clean": corpus.clean, "train": train}
+    if args.source == "synthetic":  # without the FSDD speakers, their copies and joins
+        manifests["train-synthetic"] = [u for u in train if u.speaker not in FSDD_TRAIN_SPEAKERS]
+    manifests.update(corpus.dev)
     for name, utterances in manifests.items():
         write_manifest(corpus.out / f"{name}.jsonl", [portable(u, corpus.out) for u in utterances])
     info = summary(corpus, manifests, time.time() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import importlib.util
 import json
 import shutil
@@ -322,3 +323,63 @@ def test_each_synthesiser_speaks(tmp_path, engine):
     assert 0.5 <= samples.size / SR <= 3 and np.abs(samples).max() > 0.2
     again = builder.synthesize(job)
     assert np.allclose(again, samples, atol=1 / 16384)  # reproducible from the job's seed
+
+
+def test_asterisk_prompts_keep_only_texts_that_say_how_they_are_read(tmp_path):
+    builder = load_builder()
+    listing = tmp_path / "core-sounds-en.txt.gz"
+    with gzip.open(listing, "wt", encoding="utf-8") as f:
+        f.write("; Core Asterisk Sounds in English\n\n")
+        f.write("agent-pass: Please enter your password followed by the pound key.\n")
+        f.write("vm-forward: Press 1 to enter an extension, press 2 to use the directory.\n")
+        f.write("digits/7: seven\n")
+        f.write("vm-mismatch: The passwords you entered and re-entered did not match.\n")
+        for unread in (
+            "beep: [this is a simple beep tone]",  # a description, not words
+            "dir-multi2: ... for ...",  # a fragment
+            "demo-echotest: dial 500 now",  # "five hundred" or "five oh oh"?
+            "confbridge-binaural-on: 3D audio enabled",
+            "demo-abouttotry: an IAX call",  # a word or three letters?
+            "letters/at: at [@]",
+        ):
+            f.write(unread + "\n")
+    assert builder.asterisk_prompts(listing) == {
+        "agent-pass": "please enter your password followed by the pound key",
+        "vm-forward": "press one to enter an extension press two to use the directory",
+        "digits/7": "seven",
+        "vm-mismatch": "the passwords you entered and re entered did not match",
+    }
+    sounds = tmp_path / "sounds"
+    (sounds / "digits").mkdir(parents=True)
+    (sounds / "digits" / "7.g722").write_bytes(b"")
+    jobs = builder.asterisk_jobs(1, builder.asterisk_prompts(listing), sounds)
+    assert [(j.path, j.text, j.speaker) for j in jobs] == [
+        ("asterisk/digits_7.flac", "seven", "asterisk-allison")
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (load_builder().ASTERISK_TEXT.exists() and shutil.which("ffmpeg")),
+    reason="asterisk-core-sounds-en(-g722) or ffmpeg is not installed (make system-deps)",
+)
+def test_asterisk_build_makes_real_speech_manifests(tmp_path):
+    builder = load_builder()
+    out = tmp_path / "corpus-asterisk"
+    argv = ["--out", str(out), "--source", "asterisk", "--small", "--workers", "1"]
+    assert builder.main(argv) == 0
+    manifests = {p.stem: read_manifest(p) for p in out.glob("*.jsonl")}
+    assert set(manifests) == {"train-clean", "train"}
+    clean, train = manifests["train-clean"], manifests["train"]
+    assert len(clean) == builder.SMALL_FSDD and {u.path for u in clean} < {u.path for u in train}
+    assert len([u for u in train if "/aug/" in u.path and "/join/" not in u.path]) == 4 * len(clean)
+    assert {u.speaker for u in train} == {builder.ASTERISK_SPEAKER}
+    prompts = builder.asterisk_prompts(builder.ASTERISK_TEXT)
+    for u in clean:
+        name = Path(u.path).stem
+        assert u.text in {text for key, text in prompts.items() if key.replace("/", "_") == name}
+        samples = audio.load(u.path)
+        assert samples.size / SR == pytest.approx(u.duration, abs=0.01)
+        assert 0.2 < np.abs(samples).max() <= 0.9 + 1e-3  # speech, at a level drawn from PEAK_RANGE
+    with pytest.raises(SystemExit, match="other voices, prompts or seed"):
+        builder.main([*argv, "--seed", "99"])
