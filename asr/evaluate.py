@@ -154,6 +154,36 @@ def figures(utts: list[Utterance], hyps: list[str], elapsed: float, hyps_out: li
     }
 
 
+def compare(refs: dict[str, list[str]], results: dict, other: dict) -> dict:
+    """{set: {mode: (WER here, WER there, difference, low, high)}}: the paired 95% interval of the WER
+    difference (`wer_difference_interval`) between `results` and `other` (both as `main` writes them to
+    --json, with each mode's "hypotheses") for every set and mode they share with the same utterances;
+    `refs`: each set's references."""
+    table: dict = {}
+    for name, modes in results.items():
+        for mode, here in modes.items():
+            there = other.get(name, {}).get(mode, {}).get("hypotheses")
+            if there is None or len(there) != len(refs[name]):
+                continue
+            diff = wer_difference_interval(refs[name], here["hypotheses"], there)
+            wer_there = error_rates(refs[name], there)[0]
+            table.setdefault(name, {})[mode] = (here["wer"], wer_there, *diff)
+    return table
+
+
+def format_comparison(table: dict, title: str = "") -> str:
+    rows = [
+        (name, mode, *(f"{100 * x:.1f}" for x in (a, b, d)), f"[{100 * low:+.1f}, {100 * high:+.1f}]")
+        for name, modes in table.items()
+        for mode, (a, b, d, low, high) in modes.items()
+    ]
+    head = ("set", "mode", "WER %", "other", "difference", "95% CI")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    out = [title] if title else []
+    return "\n".join(out + [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
 def score(
     model: AcousticModel,
     stats,
@@ -236,7 +266,16 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--gain-db", type=float, default=0.0, help="scale the audio by this first (a quieter mic)"
     )
+    parser.add_argument(
+        "--against",
+        default="",
+        help="another run's --json: also print the paired 95%% interval of each WER difference to it",
+    )
     args = parser.parse_args(argv)
+    try:
+        other = json.loads(Path(args.against).read_text()) if args.against else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--against {args.against}: {err}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -245,16 +284,25 @@ def main(argv=None) -> None:
         parser.error(str(err))
     model, stats, fcfg, _ = checkpoint.load(args.model, args.device)
     decode = text_decoder(decoder)
-    results = {}
+    results, refs = {}, {}
     for m in args.manifests:
         utts = read_manifest(m)[: args.limit or None]
         name = Path(m).stem if Path(m).suffix else Path(m).name
+        refs[name] = [u.text for u in utts]
         options = dict(device=args.device, decode=decode, feature_config=fcfg, gain_db=args.gain_db)
-        results[name] = {mode: score(model, stats, utts, mode, **options) for mode in args.modes}
-        if args.peer:
-            results[name]["pocketsphinx"] = score_pocketsphinx(utts, gain_db=args.gain_db)
+        results[name] = {}
+        for mode in [*args.modes, *(["pocketsphinx"] if args.peer else [])]:
+            hyps: list[str] = []  # kept in the JSON, in the manifest's order, for a later --against
+            if mode == "pocketsphinx":
+                figures_ = score_pocketsphinx(utts, hyps, gain_db=args.gain_db)
+            else:
+                figures_ = score(model, stats, utts, mode, hyps_out=hyps, **options)
+            results[name][mode] = {**figures_, "hypotheses": hyps}
     gain = f"; audio gain {args.gain_db:+g} dB" if args.gain_db else ""
     print(format_table(results, f"model {args.model} on {args.device}; {decoder.describe()}{gain}"))
+    if other is not None:
+        title = f"\nWER here - WER of {args.against} on the same utterances (paired bootstrap)"
+        print(format_comparison(compare(refs, results, other), title))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -1,9 +1,11 @@
 """Scoring: corpus error rates and the bootstrap interval of the WER."""
 
+import json
+
 import pytest
 
 from asr import evaluate
-from asr.data import read_manifest
+from asr.data import Utterance, read_manifest
 
 
 def corrupt(sentence: str, k: int) -> str:
@@ -63,3 +65,35 @@ def test_format_table_shows_the_interval():
     results = {"an4": {"full": {"wer": 0.184, "wer_ci": (0.123, 0.25), "cer": 0.116, "rtf": 0.005}}}
     table = evaluate.format_table(results)
     assert "WER 95% CI" in table and "12.3-25.0" in table
+
+
+def test_compare_pairs_two_runs_on_the_sets_and_modes_they_share(an4_pairs):
+    refs, hyps = an4_pairs
+    worse = [corrupt(h, k + 1) for k, h in enumerate(hyps)]
+    utts = [Utterance(f"{k}.flac", 1.0, r) for k, r in enumerate(refs)]
+    run = lambda h: {**evaluate.figures(utts, h, 1.0), "hypotheses": h}  # noqa: E731  (as main writes it)
+    here = {"an4": {"full": run(worse), "stream": run(hyps)}}
+    there = {"an4": {"full": run(hyps)}, "fsdd": {"full": {"hypotheses": []}}}
+    table = evaluate.compare({"an4": refs}, here, there)
+    assert list(table) == ["an4"] and list(table["an4"]) == ["full"]  # only what both runs scored
+    wer_here, wer_there, diff, low, high = table["an4"]["full"]
+    assert (diff, low, high) == evaluate.wer_difference_interval(refs, worse, hyps)
+    assert wer_here - wer_there == pytest.approx(diff) and 0 < low < diff < high
+    text = evaluate.format_comparison(table)
+    assert "95% CI" in text and f"[{100 * low:+.1f}, {100 * high:+.1f}]" in text
+    there["an4"]["full"]["hypotheses"] = hyps[:-1]  # another set of utterances: not compared
+    assert evaluate.compare({"an4": refs}, here, there) == {}
+
+
+def test_main_writes_hypotheses_and_compares_against_an_earlier_run(model_path, data_dir, tmp_path, capsys):
+    first = tmp_path / "first.json"
+    argv = ["--model", str(model_path), "--decoder", "greedy", "--modes", "full", "--limit", "5"]
+    evaluate.main([*argv, "--json", str(first), str(data_dir / "an4")])
+    saved = json.loads(first.read_text())["an4"]["full"]
+    assert len(saved["hypotheses"]) == 5 == saved["utterances"]
+    capsys.readouterr()
+    evaluate.main([*argv, "--against", str(first), str(data_dir / "an4")])
+    out = capsys.readouterr().out
+    assert "paired bootstrap" in out and "[+0.0, +0.0]" in out  # the same model: no difference
+    with pytest.raises(SystemExit):
+        evaluate.main([*argv, "--against", str(tmp_path / "missing.json"), str(data_dir / "an4")])
