@@ -177,11 +177,7 @@ def format_comparison(table: dict, title: str = "") -> str:
         for name, modes in table.items()
         for mode, (a, b, d, low, high) in modes.items()
     ]
-    head = ("set", "mode", "WER %", "other", "difference", "95% CI")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    out = [title] if title else []
-    return "\n".join(out + [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return aligned(("set", "mode", "WER %", "other", "difference", "95% CI"), rows, title)
 
 
 def score(
@@ -238,12 +234,15 @@ def format_table(results: dict, title: str = "") -> str:
             low, high = m.get("wer_ci", (m["wer"], m["wer"]))
             ci = f"{100 * low:.1f}-{100 * high:.1f}"
             rows.append((name, mode, f"{100 * m['wer']:.1f}", ci, f"{100 * m['cer']:.1f}", f"{m['rtf']:.4f}"))
-    head = ("set", "mode", "WER %", "WER 95% CI", "CER %", "RTF")
+    return aligned(("set", "mode", "WER %", "WER 95% CI", "CER %", "RTF"), rows, title)
+
+
+def aligned(head: tuple[str, ...], rows: list[tuple], title: str = "") -> str:
+    """A text table: the title, the header, a rule, then the rows, each column padded to its widest cell."""
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [title] if title else []
-    out += [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    return "\n".join(out)
+    return "\n".join(out + [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def main(argv=None) -> None:

@@ -1118,7 +1118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_recipe(out: Path, recipe: dict) -> None:
-    """Resuming reuses existing files by name, so it is only safe with the same recipe: refuse otherwise."""
+    """Resuming reuses existing files by name, so it is only safe with the same recipe: refuse otherwise.
+    The recipe is compared as JSON holds it (tuples as lists)."""
+    recipe = json.loads(json.dumps(recipe))
     path = out / RECIPE_FILE
     if path.exists() and json.loads(path.read_text(encoding="utf-8")) != recipe:
         raise SystemExit(
@@ -1144,7 +1146,7 @@ def build_asterisk(args: argparse.Namespace, out: Path) -> Corpus:
         "aug_copies": ASTERISK_AUG_COPIES,
         "join": [join_s, JOIN_MAX_SOURCE_S, JOIN_COUNT],
     }
-    check_recipe(out, json.loads(json.dumps(recipe)))
+    check_recipe(out, recipe)
     jobs = asterisk_jobs(args.seed, asterisk_prompts(ASTERISK_TEXT), ASTERISK_SOUNDS)
     corpus = Corpus(out)
     with Runner(out, args.workers) as runner:
@@ -1179,7 +1181,7 @@ def build(args: argparse.Namespace) -> Corpus:
         recipe["kokoro_blend"] = [KOKORO_BLEND, KOKORO_PARTNERS]
     if "kokoro-mix" in engines:  # and the mixes' on these
         recipe["kokoro_mix"] = [KOKORO_MIXES, KOKORO_MIX_PARTS, KOKORO_MIX_SEED]
-    check_recipe(out, json.loads(json.dumps(recipe)))
+    check_recipe(out, recipe)
     if set(KOKORO_ENGINES) & set(engines):
         kokoro_assets(out / KOKORO_ASSETS)
     sentences = load_sentences(data / "text" / "ljspeech-sentences.txt")
