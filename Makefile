@@ -7,9 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN ?= runs/default
 PROTO := proto/asr/v1/asr.proto
 STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/gen/asr/v1/asr_pb2.pyi
-EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-synth.jsonl
+EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl corpus/dev-asterisk.jsonl corpus/dev-synth.jsonl
 
-.PHONY: install system-deps lint format test data data-kokoro data-kokoro-mix data-asterisk train eval eval-long lm proto serve demo bench test-reliability
+.PHONY: install system-deps lint format test data data-kokoro data-kokoro-mix train eval eval-long lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -52,9 +52,6 @@ data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 m
 
 data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~35 min), as data-kokoro
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro-mix --engines kokoro-mix --hours 9 --seed 6789 $(DATA_ARGS)
-
-data-asterisk: install  ## real speech: Debian's Asterisk prompts (one speaker) + augmented copies under corpus-asterisk/ (~3 min)
-	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-asterisk --source asterisk $(DATA_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)

@@ -2,7 +2,6 @@
 
     .venv/bin/python scripts/build_corpus.py --out corpus            # about 7 hours of training audio
     .venv/bin/python scripts/build_corpus.py --out /tmp/c --small    # a smoke run: a minute of audio
-    .venv/bin/python scripts/build_corpus.py --out corpus-asterisk --source asterisk   # real speech only
 
 Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, MBROLA and SVOX Pico and,
 when the `corpus` extra is installed, two neural engines: Piper's joe voice and Kokoro-82M's 28 English
@@ -13,16 +12,17 @@ LJ Speech sentences plus generated digits, numbers, dates, spelled letters and s
 is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
 into separate files. Every random choice comes from a seed and the utterance's index, so a build is
 reproducible; existing audio files are kept, so an interrupted build resumes where it stopped; manifests
-are written atomically at the end. `--source asterisk` builds a corpus of real speech instead: the Asterisk
-PBX prompts of Debian's asterisk-core-sounds-en-g722 (one professional US English speaker, Allison Smith,
-16 kHz, CC BY-SA 3.0) with their transcripts, and augmented copies, in train-clean.jsonl and train.jsonl.
-Everything goes under `--out`:
+are written atomically at the end. When Debian's Asterisk prompts are installed (asterisk-core-sounds-en-g722:
+one professional US English speaker, Allison Smith, 16 kHz, CC BY-SA 3.0; their transcripts come with
+asterisk-core-sounds-en), they become a dev set of real sentences, decoded as they are (no padding, no level
+change). Everything goes under `--out`:
 
     train-clean.jsonl   synthetic clean speech + FSDD training speakers (a clean warm-up for CTC)
     train.jsonl         train-clean + the augmented copies
     train-synthetic.jsonl   train without the FSDD speakers (to add a second corpus's voices to a first's)
     dev-synth.jsonl     a synthetic voice never used for training (--dev-voice)
     dev-fsdd.jsonl, dev-an4.jsonl, dev-pocketsphinx.jsonl   real speech from ../shared/data, never trained on
+    dev-asterisk.jsonl  the Asterisk prompts, never trained on
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import functools
 import gzip
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -84,8 +85,6 @@ FSDD_AUG_COPIES = 4  # augmented copies of every FSDD training utterance (real s
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # asterisk-core-sounds-en-g722
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")  # their transcripts
 ASTERISK_SPEAKER = "asterisk-allison"  # the one speaker of the Asterisk prompts
-ASTERISK_AUG_COPIES = 4  # augmented copies of every Asterisk prompt, as for FSDD
-ASTERISK_JOIN_SECONDS = 600.0  # joins of the short prompts (digits, letters, words) with pauses between
 RECIPE_FILE = "recipe.json"  # what the files in a corpus folder were made with (resuming needs the same)
 JOIN_SECONDS = 0.5 * 3600  # audio of joined short utterances (several digits or words from one speaker)
 JOIN_MAX_SOURCE_S = 3.0  # only utterances up to this long are joined
@@ -257,7 +256,6 @@ class RecordingJob:
     source: str  # absolute path of a real recording (raw G.722, as Asterisk ships its prompts)
     text: str  # its transcript
     speaker: str  # who recorded it
-    seed: int  # seeds the post-processing (padding, level, dither), as for synthetic speech
 
 
 @dataclass
@@ -560,21 +558,18 @@ def augmentation_jobs(
     real: list[Utterance],
     out: Path,
     seconds: float,
-    copies: int = FSDD_AUG_COPIES,
-    prefix: str = "fsdd",
 ) -> list[AugJob]:
-    """Augmented copies worth about `seconds`: `copies` of each real (FSDD) utterance with random kinds,
-    named PREFIX-STEM-COPY, the rest split evenly between the kinds, drawn from the synthetic utterances
-    without repeats."""
+    """Augmented copies worth about `seconds`: FSDD_AUG_COPIES of each real (FSDD) utterance with random
+    kinds, the rest split evenly between the kinds, drawn from the synthetic utterances without repeats."""
     kinds = list(augment.KINDS)
     jobs = []
     for i, utt in enumerate(real):
-        for copy in range(copies):
+        for copy in range(FSDD_AUG_COPIES):
             rng = np.random.default_rng([seed, 3, i, copy])
             kind = kinds[rng.integers(len(kinds))]
-            path = f"aug/{kind}/{prefix}-{Path(utt.path).stem}-{copy}.flac"
+            path = f"aug/{kind}/fsdd-{Path(utt.path).stem}-{copy}.flac"
             jobs.append(AugJob(path, utt.path, kind, utt.text, utt.speaker, int(rng.integers(2**31))))
-    real_seconds = copies * sum(u.duration for u in real)
+    real_seconds = FSDD_AUG_COPIES * sum(u.duration for u in real)
     per_kind = max(0.0, seconds - real_seconds) / len(kinds)
     for k, kind in enumerate(kinds):
         rng = np.random.default_rng([seed, 4, k])
@@ -637,16 +632,21 @@ def asterisk_prompts(text_file: Path) -> dict[str, str]:
     return prompts
 
 
-def asterisk_jobs(seed: int, prompts: dict[str, str], sounds: Path) -> list[RecordingJob]:
+def asterisk_jobs(prompts: dict[str, str], sounds: Path) -> list[RecordingJob]:
     """One job per prompt whose sound file exists: sounds/NAME.g722 -> asterisk/NAME.flac ("/" -> "_")."""
     jobs = []
-    for i, (name, text) in enumerate(sorted(prompts.items())):
+    for name, text in sorted(prompts.items()):
         source = sounds / f"{name}.g722"
         if source.exists():
-            job_seed = int(np.random.default_rng([seed, 7, i]).integers(2**31))
-            path = f"asterisk/{name.replace('/', '_')}.flac"
-            jobs.append(RecordingJob(path, str(source), text, ASTERISK_SPEAKER, job_seed))
+            jobs.append(
+                RecordingJob(f"asterisk/{name.replace('/', '_')}.flac", str(source), text, ASTERISK_SPEAKER)
+            )
     return jobs
+
+
+def asterisk_installed() -> bool:
+    """Whether the Asterisk prompts, their transcripts and ffmpeg (which decodes G.722) are installed."""
+    return ASTERISK_TEXT.exists() and ASTERISK_SOUNDS.is_dir() and shutil.which("ffmpeg") is not None
 
 
 def read_g722(source: str) -> np.ndarray:
@@ -883,20 +883,21 @@ def run_job(job: Job, out: Path) -> Result:
     try:
         if path.exists():
             return Result(entry(job, sf.info(str(path)).duration))
+        high = MAX_SECONDS
         if isinstance(job, SynthJob):
             samples = synthesize(job)
             low = MIN_SECONDS
         elif isinstance(job, JoinJob):
             samples, low = join_audio(job), 0.0
         elif isinstance(job, RecordingJob):
-            samples, low = polish(read_g722(job.source), np.random.default_rng(job.seed)), 0.0
+            samples, low, high = read_g722(job.source), 0.0, math.inf  # a dev recording as it is
         else:
             samples, _ = augment.random_augment(
                 job.kind, audio.load(job.source), np.random.default_rng(job.seed)
             )
             low = 0.0
         seconds = samples.size / SAMPLE_RATE
-        if not low <= seconds <= MAX_SECONDS:
+        if not low <= seconds <= high:
             return Result(None, skipped=f"{job.path}: {seconds:.2f} s")
         write_flac(path, samples)
         return Result(entry(job, seconds))
@@ -1102,13 +1103,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dev-voice", default=DEFAULT_DEV_VOICE, help=f"voice held out for dev-synth ({DEFAULT_DEV_VOICE})"
     )
     p.add_argument("--data", type=Path, default=None, help="shared speech data (default: ../shared/data)")
-    p.add_argument(
-        "--source",
-        choices=("synthetic", "asterisk"),
-        default="synthetic",
-        help="synthetic: synthesised speech + FSDD + dev sets (default); asterisk: the real speech of "
-        "Debian's Asterisk prompts and augmented copies of it",
-    )
     args = p.parse_args(argv)
     if args.hours is None:
         args.hours = SMALL_HOURS if args.small else DEFAULT_HOURS
@@ -1130,38 +1124,9 @@ def check_recipe(out: Path, recipe: dict) -> None:
     path.write_text(json.dumps(recipe, indent=1) + "\n", encoding="utf-8")
 
 
-def build_asterisk(args: argparse.Namespace, out: Path) -> Corpus:
-    """Real speech: the Asterisk prompts (clean), ASTERISK_AUG_COPIES augmented copies of each, and joins
-    of the short ones; no dev sets (one speaker)."""
-    if not (ASTERISK_TEXT.exists() and ASTERISK_SOUNDS.is_dir() and shutil.which("ffmpeg")):
-        raise SystemExit(
-            f"--source asterisk needs {ASTERISK_SOUNDS} (asterisk-core-sounds-en-g722), {ASTERISK_TEXT} "
-            "(asterisk-core-sounds-en) and ffmpeg: run make system-deps"
-        )
-    join_s = SMALL_JOIN_SECONDS if args.small else ASTERISK_JOIN_SECONDS
-    recipe = {
-        "source": "asterisk",
-        "seed": args.seed,
-        "ranges": {"pad_s": PAD_RANGE_S, "peak": PEAK_RANGE},
-        "aug_copies": ASTERISK_AUG_COPIES,
-        "join": [join_s, JOIN_MAX_SOURCE_S, JOIN_COUNT],
-    }
-    check_recipe(out, recipe)
-    jobs = asterisk_jobs(args.seed, asterisk_prompts(ASTERISK_TEXT), ASTERISK_SOUNDS)
-    corpus = Corpus(out)
-    with Runner(out, args.workers) as runner:
-        corpus.clean = run_list(runner, corpus, jobs[: SMALL_FSDD if args.small else None], "asterisk")
-        copies = augmentation_jobs(args.seed, [], corpus.clean, out, 0.0, ASTERISK_AUG_COPIES, "asterisk")
-        corpus.augmented = run_list(runner, corpus, copies, "augment")
-        corpus.augmented += run_list(runner, corpus, join_jobs(args.seed, corpus.clean, [], join_s), "join")
-    return corpus
-
-
 def build(args: argparse.Namespace) -> Corpus:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if args.source == "asterisk":
-        return build_asterisk(args, out)
     data = args.data or shared_data_dir()
     engines = available_engines(args.engines)
     dev_voice = find_voice(args.dev_voice)
@@ -1212,6 +1177,16 @@ def build(args: argparse.Namespace) -> Corpus:
             )
         else:
             print(f"warning: {dev_voice.engine} is not installed: no dev-synth", file=sys.stderr)
+        if asterisk_installed():
+            jobs = asterisk_jobs(asterisk_prompts(ASTERISK_TEXT), ASTERISK_SOUNDS)
+            corpus.dev["dev-asterisk"] = run_list(
+                runner, corpus, jobs[: SMALL_FSDD if args.small else None], "dev-asterisk"
+            )
+        else:
+            print(
+                "warning: no Asterisk prompts or no ffmpeg (make system-deps): no dev-asterisk",
+                file=sys.stderr,
+            )
     return corpus
 
 
@@ -1221,8 +1196,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = build(args)
     train = corpus.clean + corpus.augmented
     manifests = {"train-clean": corpus.clean, "train": train}
-    if args.source == "synthetic":  # without the FSDD speakers, their copies and joins
-        manifests["train-synthetic"] = [u for u in train if u.speaker not in FSDD_TRAIN_SPEAKERS]
+    # without the FSDD speakers, their copies and joins
+    manifests["train-synthetic"] = [u for u in train if u.speaker not in FSDD_TRAIN_SPEAKERS]
     manifests.update(corpus.dev)
     for name, utterances in manifests.items():
         write_manifest(corpus.out / f"{name}.jsonl", [portable(u, corpus.out) for u in utterances])
