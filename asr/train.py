@@ -42,6 +42,7 @@ class TrainConfig:
         f"{CORPUS}/dev-fsdd.jsonl",
         f"{CORPUS}/dev-an4.jsonl",
         f"{CORPUS}/dev-pocketsphinx.jsonl",
+        f"{CORPUS}/dev-asterisk.jsonl",
         f"{CORPUS}/dev-synth.jsonl",
     )
     out: str = "runs/default"  # run directory: last.pt, best.pt, metrics.jsonl
