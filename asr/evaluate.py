@@ -177,6 +177,8 @@ def format_comparison(table: dict, title: str = "") -> str:
         for name, modes in table.items()
         for mode, (a, b, d, low, high) in modes.items()
     ]
+    if not rows:
+        return f"{title}\nno set and mode in common (the same utterances, with hypotheses) to compare"
     return aligned(("set", "mode", "WER %", "other", "difference", "95% CI"), rows, title)
 
 

@@ -83,6 +83,7 @@ def test_compare_pairs_two_runs_on_the_sets_and_modes_they_share(an4_pairs):
     assert "95% CI" in text and f"[{100 * low:+.1f}, {100 * high:+.1f}]" in text
     there["an4"]["full"]["hypotheses"] = hyps[:-1]  # another set of utterances: not compared
     assert evaluate.compare({"an4": refs}, here, there) == {}
+    assert "no set and mode in common" in evaluate.format_comparison({}, "title")
 
 
 def test_main_writes_hypotheses_and_compares_against_an_earlier_run(model_path, data_dir, tmp_path, capsys):
