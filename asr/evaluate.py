@@ -42,10 +42,7 @@ def transcribe_full(
     model: AcousticModel, feats: list[torch.Tensor], device="cpu", decode=greedy_text
 ) -> list[str]:
     """Transcripts of normalised features, batched by length, full context (greedy unless `decode` says)."""
-    out = [""] * len(feats)
-    for k, log_probs in full_log_probs(model, feats, device):
-        out[k] = decode(log_probs)
-    return out
+    return [decode(log_probs) for log_probs in mode_log_probs(model, feats, "full", device)]
 
 
 @torch.no_grad()
@@ -67,7 +64,21 @@ def stream_log_probs(
 def transcribe_stream(
     model: AcousticModel, feats: list[torch.Tensor], device="cpu", decode=greedy_text
 ) -> list[str]:
-    return [decode(stream_log_probs(model, f.to(device)).float().cpu()) for f in feats]
+    return [decode(log_probs) for log_probs in mode_log_probs(model, feats, "stream", device)]
+
+
+@torch.no_grad()
+def mode_log_probs(
+    model: AcousticModel, feats: list[torch.Tensor], mode: str, device="cpu"
+) -> list[torch.Tensor]:
+    """(T', vocab) float CPU log-probs of normalised features, in their order, as `score` decodes them in
+    `mode` ('full': batched by length; 'stream': chunk by chunk); (0, vocab) for one too short for a frame."""
+    if mode == "stream":
+        return [stream_log_probs(model, f.to(device)).float().cpu() for f in feats]
+    out = [torch.zeros(0, model.config.vocab)] * len(feats)
+    for k, log_probs in full_log_probs(model, feats, device):
+        out[k] = log_probs
+    return out
 
 
 def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
@@ -178,7 +189,9 @@ def format_comparison(table: dict, title: str = "") -> str:
         for mode, (a, b, d, low, high) in modes.items()
     ]
     if not rows:
-        return f"{title}\nno set and mode in common (the same utterances, with hypotheses) to compare"
+        return "\n".join(
+            [*([title] if title else []), "no set and mode in common (same utterances, hypotheses)"]
+        )
     return aligned(("set", "mode", "WER %", "other", "difference", "95% CI"), rows, title)
 
 

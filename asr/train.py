@@ -471,6 +471,7 @@ def train(cfg: TrainConfig) -> dict:
     if payload is not None and "optimizer" in payload:
         optimizer.load_state_dict(payload["optimizer"])
     best = payload.get("best_wer", math.inf) if payload else math.inf
+    best_sets = payload.get("best_sets") if payload else None  # the dev sets `best` is a mean over
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     ctc = torch.nn.CTCLoss(blank=text.BLANK_ID, reduction="sum", zero_infinity=True)
     amp = device.type == "cuda"
@@ -499,6 +500,7 @@ def train(cfg: TrainConfig) -> dict:
                 optimizer=optimizer.state_dict(),
                 train_state=dict(pos),
                 best_wer=best,
+                best_sets=best_sets,
                 train_config=dataclasses.asdict(cfg),
                 **extra,
             )
@@ -599,6 +601,8 @@ def train(cfg: TrainConfig) -> dict:
         if main_proc and cfg.dev:
             result = validate(model, stats, cfg, device)
             wer = float(np.mean([r["wer"] for r in result.values()])) if result else math.inf
+            if sorted(result) != best_sets:  # a dev set appeared or went since: the means do not compare
+                best, best_sets = math.inf, sorted(result)
             metrics.write(
                 json.dumps({"step": step, "epoch": epoch + 1, "dev": result, "time": time.time()}) + "\n"
             )

@@ -94,6 +94,8 @@ SMALL_JOIN_SECONDS = 10.0  # the same for --small builds
 SMALL_FSDD = 10  # FSDD training utterances in a --small build
 DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
 SMALL_DEV_SYNTH = 3  # the same for --small builds
+SMALL_DEV_ASTERISK = 10  # Asterisk prompts in dev-asterisk of a --small build
+MIN_RECORDING_S = 0.1  # a real recording decoding to less than this is a failure, not an utterance
 DEFAULT_DEV_VOICE = "festival:ked_diphone"  # held out entirely; its speaker has no other voice in training
 ESPEAK_ACCENTS = (
     "en-us",
@@ -890,7 +892,7 @@ def run_job(job: Job, out: Path) -> Result:
         elif isinstance(job, JoinJob):
             samples, low = join_audio(job), 0.0
         elif isinstance(job, RecordingJob):
-            samples, low, high = read_g722(job.source), 0.0, math.inf  # a dev recording as it is
+            samples, low, high = read_g722(job.source), MIN_RECORDING_S, math.inf  # a dev recording as it is
         else:
             samples, _ = augment.random_augment(
                 job.kind, audio.load(job.source), np.random.default_rng(job.seed)
@@ -1180,7 +1182,7 @@ def build(args: argparse.Namespace) -> Corpus:
         if asterisk_installed():
             jobs = asterisk_jobs(asterisk_prompts(ASTERISK_TEXT), ASTERISK_SOUNDS)
             corpus.dev["dev-asterisk"] = run_list(
-                runner, corpus, jobs[: SMALL_FSDD if args.small else None], "dev-asterisk"
+                runner, corpus, jobs[: SMALL_DEV_ASTERISK if args.small else None], "dev-asterisk"
             )
         else:
             print(

@@ -274,7 +274,7 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
     names = "train-clean train train-synthetic dev-fsdd dev-an4 dev-pocketsphinx dev-synth".split()
     assert set(manifests) == set(names) | ({"dev-asterisk"} if builder.asterisk_installed() else set())
     if builder.asterisk_installed():  # real sentences, never trained on
-        assert len(manifests["dev-asterisk"]) == builder.SMALL_FSDD
+        assert len(manifests["dev-asterisk"]) == builder.SMALL_DEV_ASTERISK
         assert not {u.speaker for u in manifests["train"]} & {builder.ASTERISK_SPEAKER}
     train, clean = manifests["train"], manifests["train-clean"]
     real = [u for u in train if u.speaker in builder.FSDD_TRAIN_SPEAKERS]  # FSDD, its copies and joins

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -70,6 +71,26 @@ def test_tiny_model_overfits_real_speech(handful, tmp_path):
     assert stream["cer"] < 0.10, stream
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert metrics[0]["loss"] > 5 * metrics[-1]["loss"]
+
+
+@pytest.mark.slow
+def test_best_checkpoint_restarts_when_the_dev_sets_change(handful, tmp_path):
+    cfg = tiny_config(handful, tmp_path, epochs=1, dev=(str(handful),), threads=1)
+    train.train(cfg)
+    best = checkpoint.read(tmp_path / "best.pt")
+    assert best["best_sets"] == ["handful"] and list(best["dev"]) == ["handful"]
+
+    def resume_with(best_wer, best_sets, epochs) -> bool:
+        """Resume for one more epoch from a last.pt claiming this best; whether best.pt was written."""
+        payload = checkpoint.read(tmp_path / "last.pt")
+        torch.save({**payload, "best_wer": best_wer, "best_sets": best_sets}, tmp_path / "last.pt")
+        (tmp_path / "best.pt").unlink(missing_ok=True)
+        train.train(dataclasses.replace(cfg, epochs=epochs))
+        return (tmp_path / "best.pt").exists()
+
+    assert not resume_with(-1.0, ["handful"], 2)  # an unbeatable mean over the same sets stands
+    assert resume_with(-1.0, ["gone", "handful"], 3)  # over other sets it says nothing about these
+    assert checkpoint.read(tmp_path / "best.pt")["best_sets"] == ["handful"]
 
 
 def test_lr_schedule():
