@@ -95,7 +95,7 @@ SMALL_FSDD = 10  # FSDD training utterances in a --small build
 DEV_SYNTH_UTTERANCES = 200  # utterances in dev-synth
 SMALL_DEV_SYNTH = 3  # the same for --small builds
 SMALL_DEV_ASTERISK = 10  # Asterisk prompts in dev-asterisk of a --small build
-MIN_RECORDING_S = 0.1  # a real recording decoding to less than this is a failure, not an utterance
+MIN_RECORDING_S = 0.1  # a real recording decoding to less than this is skipped (nothing to hear)
 DEFAULT_DEV_VOICE = "festival:ked_diphone"  # held out entirely; its speaker has no other voice in training
 ESPEAK_ACCENTS = (
     "en-us",
