@@ -30,11 +30,12 @@ def greedy_text(log_probs: torch.Tensor) -> str:
     return decoding.greedy(log_probs).text
 
 
-def text_decoder(config: decoding.DecoderConfig | None):
-    """(T', vocab) log-probs -> text, with `config`'s decoder (greedy when None); resources loaded once."""
+def text_decoder(config: decoding.DecoderConfig | None, resources: decoding.BeamResources | None = None):
+    """(T', vocab) log-probs -> text, with `config`'s decoder (greedy when None); beam search's resources
+    loaded once, or `resources` already loaded for its LM and lexicon."""
     if config is None or config.method == "greedy":
         return greedy_text
-    resources = decoding.load_resources(config)
+    resources = resources or decoding.load_resources(config)
     return lambda log_probs: decoding.beam_search(log_probs, config, resources=resources)[0][0].text
 
 

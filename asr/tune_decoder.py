@@ -23,7 +23,7 @@ from tqdm import tqdm
 from asr import checkpoint, decoder_config, decoding, features
 from asr.data import Utterance, read_manifest
 from asr.decoder_config import DecoderConfig
-from asr.evaluate import MODES, aligned, error_rates, load_scaled, mode_log_probs
+from asr.evaluate import MODES, aligned, error_rates, load_scaled, mode_log_probs, text_decoder
 from asr.model import AcousticModel
 
 
@@ -50,8 +50,8 @@ def sweep(
     rows = []
     grid = list(itertools.product(lm_weights, word_scores))
     for weight, word_score in tqdm(grid, desc="decoder grid", unit="pair", disable=not progress):
-        config = replace(base, lm_weight=weight, word_score=word_score)
-        hyps = [decoding.beam_search(lp, config, resources=resources)[0][0].text for lp in log_probs]
+        decode = text_decoder(replace(base, lm_weight=weight, word_score=word_score), resources)
+        hyps = [decode(lp) for lp in log_probs]
         wer, cer = error_rates(refs, hyps)
         rows.append({"lm_weight": weight, "word_score": word_score, "wer": wer, "cer": cer})
     return sorted(rows, key=lambda r: (r["wer"], r["cer"]))
