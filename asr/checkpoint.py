@@ -15,6 +15,7 @@ import torch
 
 from asr.features import FeatureConfig, FeatureStats
 from asr.model import AcousticModel, ModelConfig
+from asr.model import widen as widen_model
 from asr.text import TOKENS
 
 FORMAT = "asr-checkpoint"  # marks our files among other torch pickles
@@ -112,11 +113,23 @@ def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
+def widen(src: str | os.PathLike, dst: str | os.PathLike, hidden: int, seed: int = 0) -> Path:
+    """A checkpoint of the same function with more recurrent units (`asr.model.widen`), to train on with
+    `--init`: a larger model that starts where a trained one stands."""
+    model, stats, fcfg, _ = load(src)
+    try:
+        wide = widen_model(model, hidden, torch.Generator().manual_seed(seed))
+    except ValueError as err:
+        raise CheckpointError(f"{src}: {err}") from None
+    save(dst, wide, stats, fcfg, widened_from=str(src))
+    return Path(dst)
+
+
 def main(argv=None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="asr checkpoints: export a training checkpoint for serving, or average several."
+        description="asr checkpoints: export one for serving, average several, or widen one."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="strip optimizer state: runs/x/best.pt -> models/default.pt")
@@ -125,9 +138,19 @@ def main(argv=None) -> None:
     avg = sub.add_parser("average", help="average the weights of checkpoints: OUT IN IN [IN ...]")
     avg.add_argument("dst")
     avg.add_argument("srcs", nargs="+")
+    wid = sub.add_parser("widen", help="the same function with more recurrent units: SRC DST --hidden N")
+    wid.add_argument("src")
+    wid.add_argument("dst")
+    wid.add_argument("--hidden", type=int, required=True, help="units per direction and layer")
+    wid.add_argument("--seed", type=int, default=0, help="seeds the new units' incoming weights")
     args = parser.parse_args(argv)
     try:
-        out = export(args.src, args.dst) if args.command == "export" else average(args.srcs, args.dst)
+        if args.command == "export":
+            out = export(args.src, args.dst)
+        elif args.command == "average":
+            out = average(args.srcs, args.dst)
+        else:
+            out = widen(args.src, args.dst, args.hidden, args.seed)
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")

@@ -125,6 +125,11 @@ class AcousticModel(nn.Module):
         """Frames out of the front end for `lengths` input frames."""
         return torch.div(lengths, self.config.subsample, rounding_mode="floor")
 
+    def log_probs(self, x: Tensor) -> Tensor:
+        """CTC head: (..., hidden * dirs) -> (..., vocab) log-probabilities, normalised in float32 also
+        under bfloat16 autocast (bfloat16 keeps 3 significant digits: too few for CTC's log-probs)."""
+        return self.head(x).float().log_softmax(-1)
+
     # ---- front end -------------------------------------------------------------------------------
     def _front(self, x: Tensor, ctx1: Tensor, ctx2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, n_mels) with left contexts (B, C, k) -> (B, T // subsample, conv_channels).
@@ -178,7 +183,7 @@ class AcousticModel(nn.Module):
             if self.config.bidirectional:
                 y = torch.cat([y, self._backward_dir(i, x, out_len)], dim=2)
             x = y
-        return self.head(self.dropout(x)).log_softmax(-1), out_len
+        return self.log_probs(self.dropout(x)), out_len
 
     def _lc_layers(self, windows: Tensor, win_len: Tensor | None, chunk: int, h: Tensor, c: Tensor):
         """Latency-controlled layers over windows of chunk + right frames.
@@ -242,7 +247,7 @@ class AcousticModel(nn.Module):
         win_len = (out_len.unsqueeze(1) - starts).clamp(0, chunk + right)
         y, _, _ = self._lc_layers(windows, win_len, chunk, state.h, state.c)
         y = y.reshape(B, N * chunk, -1)[:, :T]
-        return self.head(self.dropout(y)).log_softmax(-1), out_len
+        return self.log_probs(self.dropout(y)), out_len
 
     def init_state(self, batch: int = 1, ref: Tensor | None = None) -> ModelState:
         """State of `batch` streams that have not started."""
@@ -269,13 +274,56 @@ class AcousticModel(nn.Module):
         if n_out == 0:
             return x.new_zeros(B, 0, self.config.vocab), ModelState(conv1, conv2, state.h, state.c)
         y, h, c = self._lc_layers(x.unsqueeze(1), None, n_out, state.h, state.c)
-        return self.head(y[:, 0, :n_out]).log_softmax(-1), ModelState(conv1, conv2, h, c)
+        return self.log_probs(y[:, 0, :n_out]), ModelState(conv1, conv2, h, c)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def widen(model: AcousticModel, hidden: int, generator: torch.Generator | None = None) -> AcousticModel:
+    """The same function with `hidden` units per direction and layer (net2net-style growth of a trained
+    model): old units keep their weights; new units get fresh incoming weights (PyTorch's default
+    initialisation) and zero outgoing ones (to the next layer, their own layer's recurrence and the head),
+    so nothing reads them until training moves those weights off zero. Outputs equal the old model's."""
+    cfg = model.config
+    if hidden < cfg.hidden:
+        raise ValueError(f"can only widen: {hidden} < {cfg.hidden} hidden units")
+    wide = AcousticModel(ModelConfig(**{**asdict(cfg), "hidden": hidden}))
+    old, new = model.state_dict(), wide.state_dict()
+    H, W = cfg.hidden, hidden
+    gates = 4 if model.is_lstm else 3
+    dirs = 2 if cfg.bidirectional else 1
+    # where each old unit sits in the new layout: per gate (rows), and in a concatenation of directions
+    rows = torch.cat([torch.arange(H) + g * W for g in range(gates)])
+    cat_cols = torch.cat([torch.arange(H) + d * W for d in range(dirs)])
+    bound = W**-0.5
+    for name, w in new.items():
+        src = old[name]
+        if name.startswith(("conv", "head.bias")):
+            w.copy_(src)
+            continue
+        if name == "head.weight":
+            w.zero_()
+            w[:, cat_cols] = src
+            continue
+        # a recurrent layer's tensor: fwd.{i}.* / bwd.{i}.*; fresh rows for the new units, zero columns
+        # wherever a new unit's output would be read
+        w.uniform_(-bound, bound, generator=generator)
+        if name.endswith(("bias_ih_l0", "bias_hh_l0")):
+            w[rows] = src
+            continue
+        layer = int(name.split(".")[1])
+        if name.endswith("weight_hh_l0"):
+            cols = torch.arange(H)
+        else:  # weight_ih_l0: layer 0 reads the conv output (unchanged), later layers read both directions
+            cols = torch.arange(src.shape[1]) if layer == 0 else cat_cols
+        w[rows] = 0.0
+        w[rows[:, None], cols] = src
+    wide.load_state_dict(new)
+    return wide.train(model.training)
 
 
 def next_step(available: int, chunk: int, right: int, subsample: int, final: bool) -> tuple[int, int] | None:

@@ -85,6 +85,10 @@ class TrainConfig:
     seed: int = 0  # seeds data order, augmentation and initialisation
     threads: int = 0  # CPU threads per process (0: all cores shared among processes)
     device: str = ""  # "cpu", "cuda" (default: cuda when available)
+    amp: str = "auto"  # bfloat16 autocast: on, off, or auto (on CUDA and on CPUs with native bfloat16)
+
+
+AMP_SETTINGS = ("auto", "on", "off")
 
 
 # ---- schedule -----------------------------------------------------------------------------------------
@@ -436,6 +440,23 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (AVX512-BF16 or AMX), as oneDNN uses it."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def use_amp(setting: str, device: torch.device) -> bool:
+    """Whether to train under bfloat16 autocast. "auto": on CUDA, and on CPUs with native bfloat16, where a
+    training step of the default model takes 1.7x (latency-controlled) to 2.5x (full context) less time
+    than in float32 (README); elsewhere bfloat16 is emulated and slower."""
+    if setting not in AMP_SETTINGS:
+        raise ValueError(f"amp must be one of {', '.join(AMP_SETTINGS)}, not {setting!r}")
+    if setting == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+    return setting == "on"
+
+
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed(cfg)
@@ -474,7 +495,7 @@ def train(cfg: TrainConfig) -> dict:
     best_sets = payload.get("best_sets") if payload else None  # the dev sets `best` is a mean over
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     ctc = torch.nn.CTCLoss(blank=text.BLANK_ID, reduction="sum", zero_infinity=True)
-    amp = device.type == "cuda"
+    amp = use_amp(cfg.amp, device)
 
     def epoch_corpus(epoch: int) -> Corpus:
         ids = clean_ids if epoch < cfg.clean_epochs and clean_ids else train_ids
@@ -486,7 +507,8 @@ def train(cfg: TrainConfig) -> dict:
         print(
             f"model {cfg.preset}: {model.num_parameters() / 1e6:.2f}M parameters; {len(train_ids)} training "
             f"utterances ({sum(corpus.frames(i) for i in train_ids) / 360000:.2f} h); {total_steps} steps; "
-            f"device {device}, {world} process(es), {torch.get_num_threads()} threads",
+            f"device {device}{' (bfloat16 autocast)' if amp else ''}, {world} process(es), "
+            f"{torch.get_num_threads()} threads",
             flush=True,
         )
     metrics = open(out / "metrics.jsonl", "a") if main_proc else None
@@ -654,6 +676,8 @@ def parse_args(argv=None) -> TrainConfig:
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
     if cfg.preset not in PRESETS:
         parser.error(f"unknown preset {cfg.preset!r}: choose from {', '.join(PRESETS)}")
+    if cfg.amp not in AMP_SETTINGS:
+        parser.error(f"--amp must be one of {', '.join(AMP_SETTINGS)}, not {cfg.amp!r}")
     return cfg
 
 

@@ -73,3 +73,17 @@ def test_average_of_checkpoints(saved, tmp_path):
     checkpoint.save(tmp_path / "small.pt", AcousticModel(replace(PRESETS["tiny"], hidden=32)), stats)
     with pytest.raises(CheckpointError, match="model config differs"):
         checkpoint.average([path, tmp_path / "small.pt"], tmp_path / "bad.pt")
+
+
+def test_widen_writes_a_larger_model_of_the_same_function(saved, tmp_path):
+    path, model, stats = saved
+    out = tmp_path / "wide.pt"
+    checkpoint.main(["widen", str(path), str(out), "--hidden", "96"])
+    wide, wide_stats, _, payload = checkpoint.load(out)
+    assert wide.config.hidden == 96 and payload["widened_from"] == str(path)
+    assert torch.equal(wide_stats.mean, stats.mean) and "optimizer" not in payload
+    x, lengths = torch.randn(2, 90, 80), torch.tensor([90, 61])
+    with torch.no_grad():
+        assert torch.allclose(wide(x, lengths)[0], model.eval()(x, lengths)[0], atol=1e-4)
+    with pytest.raises(SystemExit, match="only widen"):
+        checkpoint.main(["widen", str(path), str(tmp_path / "bad.pt"), "--hidden", "32"])

@@ -3,7 +3,15 @@ import random
 import pytest
 import torch
 
-from asr.model import AcousticModel, ModelConfig, next_step, reverse_padded, stack_states, unstack_state
+from asr.model import (
+    AcousticModel,
+    ModelConfig,
+    next_step,
+    reverse_padded,
+    stack_states,
+    unstack_state,
+    widen,
+)
 
 
 def stream(model, feats, chunk, right, rng=None):
@@ -135,3 +143,24 @@ def test_int8_copy_streams_closely_and_stays_close_to_float(rnn):
         full, _ = model(x, lengths, 6, 3)
         # int8 weights: the output distribution moves a little, not a lot
         assert (ref.exp() - full.exp()).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_widened_model_computes_the_same_function_and_can_learn_with_its_new_units(rnn, bidirectional):
+    model = make(rnn, bidirectional)
+    wide = widen(model, 40, torch.Generator().manual_seed(1))
+    assert wide.config.hidden == 40 and wide.num_parameters() > model.num_parameters()
+    x, lengths = torch.randn(2, 240, 80), torch.tensor([240, 150])
+    with torch.no_grad():
+        for chunk in (None, 5):
+            a, _ = model(x, lengths, chunk, 3)
+            b, _ = wide(x, lengths, chunk, 3)
+            assert (a - b).abs().max().item() < 1e-4, chunk
+        assert (stream(model, x[0], 5, 3) - stream(wide, x[0], 5, 3)).abs().max().item() < 1e-4
+    # the new units are live: their outgoing weights get a gradient, so training can bring them in
+    wide(x, lengths)[0].logsumexp(-1).sum().backward()  # any loss that depends on the output
+    new_cols = wide.head.weight.grad[:, 24:40]
+    assert new_cols.abs().sum() > 0 and wide.head.weight[:, 24:40].abs().sum() == 0
+    with pytest.raises(ValueError, match="only widen"):
+        widen(model, 16)

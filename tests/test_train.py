@@ -59,16 +59,18 @@ def tiny_config(manifest, out, **kw) -> train.TrainConfig:
 
 
 @pytest.mark.slow
-def test_tiny_model_overfits_real_speech(handful, tmp_path):
+@pytest.mark.parametrize("amp", ["off", "on"])  # on: bfloat16 autocast, on the CPU as well
+def test_tiny_model_overfits_real_speech(handful, tmp_path, amp):
     t0 = time.time()
-    train.train(tiny_config(handful, tmp_path, max_steps=300))
-    assert time.time() - t0 < 60
+    train.train(tiny_config(handful, tmp_path, max_steps=300, amp=amp))
+    assert amp == "on" or time.time() - t0 < 60  # bfloat16 is emulated, slower, on CPUs without it
     model, stats, _, _ = checkpoint.load(tmp_path / "last.pt")
     utts = read_manifest(handful)
     full = evaluate.score(model, stats, utts, "full")
     stream = evaluate.score(model, stats, utts, "stream")
-    assert full["cer"] < 0.05, full
-    assert stream["cer"] < 0.10, stream
+    slack = 3 if amp == "on" else 1  # bfloat16 fits the last details slower: CER 0.094 against 0.031 here
+    assert full["cer"] < 0.05 * slack, full
+    assert stream["cer"] < 0.10 * slack, stream
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert metrics[0]["loss"] > 5 * metrics[-1]["loss"]
 
@@ -91,6 +93,19 @@ def test_best_checkpoint_restarts_when_the_dev_sets_change(handful, tmp_path):
     assert not resume_with(-1.0, ["handful"], 2)  # an unbeatable mean over the same sets stands
     assert resume_with(-1.0, ["gone", "handful"], 3)  # over other sets it says nothing about these
     assert checkpoint.read(tmp_path / "best.pt")["best_sets"] == ["handful"]
+
+
+def test_amp_setting(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.use_amp("on", cpu) and not train.use_amp("off", cuda) and train.use_amp("auto", cuda)
+    for native in (True, False):
+        monkeypatch.setattr(train, "native_bf16_cpu", lambda native=native: native)
+        assert train.use_amp("auto", cpu) is native
+    with pytest.raises(ValueError, match="amp must be one of"):
+        train.use_amp("fast", cpu)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--amp", "yes"])
+    assert train.parse_args(["--amp", "off"]).amp == "off"
 
 
 def test_lr_schedule():
