@@ -60,9 +60,10 @@ train: install  ## train the default model from corpus/ into $(RUN) (resumes fro
 eval-long: install  ## WER of whole streaming sessions on long audio (joined clips, long silences), resets off/on
 	$(PY) scripts/eval_long.py --model $(or $(MODEL),models/default.pt)
 
-lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences + the corpus transcripts
+lm: install  ## word 3-gram LM + lexicon for beam search: LJ Speech sentences (less the dev sets') + the corpus transcripts
 	test -f corpus/train.jsonl || { echo "make lm needs the corpus: run make data first" >&2; exit 1; }
-	cat $$($(PY) -c 'from asr.data import shared_data_dir; print(shared_data_dir())')/text/ljspeech-sentences.txt > corpus/lm-text.txt
+	$(PY) -c 'import glob,json,sys; dev={json.loads(l)["text"] for f in glob.glob("corpus/dev-*.jsonl") for l in open(f)}; [print(s,end="") for s in open(sys.argv[1]) if s.strip() not in dev]' \
+		$$($(PY) -c 'from asr.data import shared_data_dir; print(shared_data_dir())')/text/ljspeech-sentences.txt > corpus/lm-text.txt
 	$(PY) -c 'import json,sys; [print(json.loads(l)["text"]) for l in open("corpus/train.jsonl")]' >> corpus/lm-text.txt
 	$(PY) -m asr.decoding build-lm --text corpus/lm-text.txt --order 3 --out corpus/lm.arpa --lexicon corpus/lexicon.txt
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from asr import audio, checkpoint, decoder_config, evaluate
+from asr.data import read_manifest
 from asr.decoding import DecoderConfig
 from asr.streaming import Recognizer, StreamingConfig
 
@@ -83,3 +84,39 @@ def test_a_quiet_microphone_still_works(held_out_digits):
     assert quiet["wer"] < 0.45
     scaled, loud = (evaluate.load_scaled(held_out_digits[:1], db)[0] for db in (-20.0, 60.0))
     assert abs(scaled - audio.load(held_out_digits[0].path) / 10).max() < 1e-6 and abs(loud).max() <= 1.0
+
+
+CORPUS = checkpoint.DEFAULT_MODEL.parent.parent / "corpus"
+
+
+def arpa_trigrams(path) -> set[str]:
+    trigrams, inside = set(), False
+    with open(path) as f:
+        for line in f:
+            if line.startswith("\\"):
+                inside = line.startswith("\\3-grams:")
+            elif inside and line.strip():
+                trigrams.add(line.rstrip("\n").split("\t")[1])
+    return trigrams
+
+
+@pytest.mark.skipif(not (CORPUS / "dev-synth.jsonl").exists(), reason="no corpus (make data)")
+def test_bundled_lm_has_not_read_the_dev_sentences(data_dir):
+    """dev-synth's prompts include LJ Speech sentences, the LM's text: `make lm` leaves them out, so the LM
+    decoding the held-out voice cannot know its sentences. Until session 14 it had read them all, and every
+    trigram of each was in the bundled LM; left out, about a third are (common phrases), and one short
+    sentence has all its trigrams from other text."""
+    ljspeech = set((data_dir / "text" / "ljspeech-sentences.txt").read_text().splitlines())
+    trained = {u.text for u in read_manifest(CORPUS / "train.jsonl")}  # training transcripts are fair game
+    held_out = [u.text for u in read_manifest(CORPUS / "dev-synth.jsonl")]
+    sentences = [t for t in held_out if t in ljspeech and t not in trained and len(t.split()) >= 5]
+    assert len(sentences) >= 20
+    known = arpa_trigrams(decoder_config.BUNDLED_LM)
+    coverage = []
+    for text in sentences:
+        words = ["<s>", *text.split(), "</s>"]
+        grams = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
+        coverage.append(sum(g in known for g in grams) / len(grams))
+    assert sum(coverage) / len(coverage) < 0.6, coverage
+    known_whole = [t for t, c in zip(sentences, coverage, strict=True) if c == 1.0]  # short common phrases
+    assert len(known_whole) <= len(sentences) // 10, known_whole
