@@ -327,11 +327,16 @@ def pause_segments(
                     target[None].int().cpu(),
                     blank=text.BLANK_ID,
                 )
-            except RuntimeError:  # too few frames for the target: leave it whole
+            except (RuntimeError, IndexError):  # too few frames for the target, or no path at all
                 path = None
-            if path is not None:
+            # where no path is possible (a token the model gives no probability, NaN) torchaudio returns
+            # garbage, not an error: a path that does not spell the target leaves the utterance whole too
+            spaces = []
+            if path is not None and torch.isfinite(scores).all():
                 spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=text.BLANK_ID)
-                spaces = [(k, sp) for k, sp in enumerate(spans) if sp.token == text.SPACE_ID]
+                if [sp.token for sp in spans] == target.tolist():
+                    spaces = [(k, sp) for k, sp in enumerate(spans) if sp.token == text.SPACE_ID]
+            if spaces:
                 for a, z in pauses:
                     dist, k = min((max(a - sp.end, sp.start - z, 0), k) for k, sp in spaces)
                     if dist <= reach and (not cuts or (k + 1 > cuts[-1][1] and (a + z) // 2 > cuts[-1][0])):

@@ -281,6 +281,10 @@ def test_pause_segments_cut_after_the_word_before_a_pause():
     lead = torch.zeros_like(nonspeech)
     lead[0, :6] = True  # a lead, not a pause: nothing to cut
     assert train.pause_segments(log_probs, *args, lead, 1) == [(0, 0, len(path), 0, 5)]
+    # a model that gives the space no probability at all (it happened mid-run, on a corpus-kokoro batch):
+    # forced alignment comes back without the space, and the utterance stays whole instead of crashing
+    log_probs[0, :, text.SPACE_ID] = float("-inf")
+    assert train.pause_segments(log_probs, *args, nonspeech, subsample=1) == [(0, 0, len(path), 0, 5)]
 
 
 def run_train(args, **popen):
