@@ -202,7 +202,8 @@ def test_streamed_final_equals_offline_stream_decode(random_rec, an4, sentence, 
         (w.word, pytest.approx(w.start_frame * frame), pytest.approx(w.end_frame * frame))
         for w in offline.words()
     ]
-    assert final.confidence == pytest.approx(offline.confidence)
+    # pieces of other sizes meet other float kernels: 1e-6 apart on an Intel Xeon with AMX
+    assert final.confidence == pytest.approx(offline.confidence, rel=1e-5)
     assert final.alternatives == [(final.text, final.confidence)]
     assert final.start_s == 0 and final.end_s == pytest.approx(len(feats) // 3 * frame)
 
