@@ -242,7 +242,13 @@ def make_cases(clip: bytes) -> dict:
     return cases
 
 
-def run_case(channel, kind, payload, timeout=60.0):
+# A deadline only to keep a hung call from hanging the test, not a speed target: on session 15's Intel Xeon
+# one run in two had 6 of the 150 valid streams (those sent in pieces of 14-33 ms) pass 60 s, among 32 calls
+# at once from this process and the server's 16 on 2 cores; 70.9 s and 95.8 s for all 1,500 calls.
+CALL_DEADLINE_S = 300.0
+
+
+def run_case(channel, kind, payload, timeout=CALL_DEADLINE_S):
     stub = asr_pb2_grpc.RecognizerStub(channel)
     if kind == "stream":
         code, details, responses = call(stub, payload, timeout)
