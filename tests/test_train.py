@@ -70,9 +70,9 @@ def test_tiny_model_overfits_real_speech(handful, tmp_path, amp):
     stream = evaluate.score(model, stats, utts, "stream")
     # after 300 steps: float32 CER 0.031 on an AMD EPYC and 0.094 on an Intel Xeon with AMX (other float
     # kernels, another trajectory); bfloat16 0.094 on the EPYC, where it fits the last details slower
-    slack = 1.5 if amp == "on" else 1
-    assert full["cer"] < 0.10 * slack, full
-    assert stream["cer"] < 0.15 * slack, stream
+    full_bound, stream_bound = (0.15, 0.30) if amp == "on" else (0.10, 0.15)
+    assert full["cer"] < full_bound, full
+    assert stream["cer"] < stream_bound, stream
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert metrics[0]["loss"] > 5 * metrics[-1]["loss"]
 
@@ -283,8 +283,8 @@ def test_pause_segments_cut_after_the_word_before_a_pause():
     lead = torch.zeros_like(nonspeech)
     lead[0, :6] = True  # a lead, not a pause: nothing to cut
     assert train.pause_segments(log_probs, *args, lead, 1) == [(0, 0, len(path), 0, 5)]
-    # a model that gives the space no probability at all (it happened mid-run, on a corpus-kokoro batch):
-    # forced alignment comes back without the space, and the utterance stays whole instead of crashing
+    # no path possible (here the space is never allowed): torchaudio's forced alignment then returns garbage
+    # or raises IndexError, and a 4,000-step run crashed on some such utterance; now it stays whole
     log_probs[0, :, text.SPACE_ID] = float("-inf")
     assert train.pause_segments(log_probs, *args, nonspeech, subsample=1) == [(0, 0, len(path), 0, 5)]
 
