@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ class TrainConfig:
 
 
 AMP_SETTINGS = ("auto", "on", "off")
+MAX_BAD_STEPS = 20  # non-finite gradients in a row before training stops as diverged
 
 
 # ---- schedule -----------------------------------------------------------------------------------------
@@ -535,6 +537,7 @@ def train(cfg: TrainConfig) -> dict:
     voice = dict(warp=cfg.voice_warp, tilt_db=cfg.tilt_db, gain_db=(cfg.gain_min_db, cfg.gain_max_db))
     step = pos["step"]
     run_audio_s = 0.0  # audio trained on since this process started (all epochs)
+    skipped = bad_run = 0  # steps skipped for a non-finite gradient: in all, and in a row
     for epoch in range(pos["epoch"], cfg.epochs):
         if cfg.max_steps and step >= cfg.max_steps:
             break
@@ -593,15 +596,27 @@ def train(cfg: TrainConfig) -> dict:
                 loss = loss + cfg.distill_weight * distill_loss(log_probs, teacher, out_len)
             loss = loss / len(mine[b])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
+            loss.backward()  # on every rank, skipped or not: DDP averages the gradients here
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            if torch.isfinite(norm):
+                optimizer.step()
+                bad_run = 0
+            else:  # one NaN step would poison the weights and Adam's moments, and last.pt with them
+                skipped, bad_run = skipped + 1, bad_run + 1
+                ids = [ec.utterances[i].path for i in mine[b]]
+                print(f"step {step}: non-finite loss or gradient, step skipped; batch {ids}", file=sys.stderr)
+                if bad_run >= MAX_BAD_STEPS:
+                    raise FloatingPointError(
+                        f"{bad_run} steps in a row had a non-finite gradient (step {step}): training has "
+                        f"diverged; {out / 'last.pt'} holds the last good weights"
+                    )
             step += 1
             pos.update(step=step, epoch=epoch, batch=b + 1)
             step_audio_s = lengths.sum().item() / 100 * world
             audio_s += step_audio_s
             run_audio_s += step_audio_s
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if torch.isfinite(norm):
+                loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             speed = audio_s / (time.time() - t0)
             bar.set_postfix(loss=f"{loss.item():.3f}", audio_s_per_s=f"{speed:.0f}", refresh=False)
             bar.update()
@@ -609,7 +624,8 @@ def train(cfg: TrainConfig) -> dict:
                 row = {
                     "step": step,
                     "epoch": epoch,
-                    "loss": loss_sum / loss_n,
+                    "loss": loss_sum / loss_n if loss_n else math.nan,
+                    "skipped": skipped,
                     "lr": get_lr(step, cfg, total_steps),
                     "audio_s_per_s": speed,
                     "audio_s": run_audio_s,

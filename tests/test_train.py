@@ -110,6 +110,44 @@ def test_amp_setting(monkeypatch):
     assert train.parse_args(["--amp", "off"]).amp == "off"
 
 
+def poison_batches(monkeypatch, bad) -> list[int]:
+    """Make `train.collate` return NaN features on the calls (0-based) that `bad` accepts; the calls made."""
+    calls, collate = [], train.collate
+
+    def poisoned(*args, **kw):
+        batch = collate(*args, **kw)
+        calls.append(len(calls))
+        if bad(calls[-1]):
+            batch[0].fill_(math.nan)
+        return batch
+
+    monkeypatch.setattr(train, "collate", poisoned)
+    return calls
+
+
+def test_a_non_finite_step_is_skipped_not_applied(handful, tmp_path, monkeypatch, capsys):
+    poison_batches(monkeypatch, lambda call: call in (3, 4))
+    train.train(tiny_config(handful, tmp_path, max_steps=8, batch_frames=400, threads=1, log_every=8))
+    model, _, _, _ = checkpoint.load(tmp_path / "last.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    (row,) = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert row["step"] == 8 and row["skipped"] == 2 and math.isfinite(row["loss"])
+    err = capsys.readouterr().err
+    assert "step 3: non-finite" in err and "step 4: non-finite" in err
+    assert ".wav" in err or ".flac" in err or ".sph" in err  # the batch's files, to find the culprit
+
+
+def test_training_that_keeps_diverging_stops_and_keeps_its_last_good_weights(handful, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "MAX_BAD_STEPS", 3)
+    poison_batches(monkeypatch, lambda call: call >= 4)
+    cfg = tiny_config(handful, tmp_path, max_steps=50, batch_frames=400, threads=1, checkpoint_every=2)
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        train.train(cfg)
+    payload = checkpoint.read(tmp_path / "last.pt")
+    assert payload["train_state"]["step"] == 6  # the last checkpoint before the run stopped at step 7
+    assert all(torch.isfinite(v).all() for v in payload["model"].values())
+
+
 def test_lr_schedule():
     cfg = train.TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10)
     lrs = [train.get_lr(s, cfg, 100) for s in range(101)]
