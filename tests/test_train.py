@@ -144,7 +144,7 @@ def test_training_that_keeps_diverging_stops_and_keeps_its_last_good_weights(han
     with pytest.raises(FloatingPointError, match="3 steps in a row"):
         train.train(cfg)
     payload = checkpoint.read(tmp_path / "last.pt")
-    assert payload["train_state"]["step"] == 6  # the last checkpoint before the run stopped at step 7
+    assert payload["train_state"]["step"] == 6  # saved after two skipped steps, before the third stopped it
     assert all(torch.isfinite(v).all() for v in payload["model"].values())
 
 
