@@ -601,6 +601,7 @@ def train(cfg: TrainConfig) -> dict:
             if torch.isfinite(norm):
                 optimizer.step()
                 bad_run = 0
+                loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             else:  # one NaN step would poison the weights and Adam's moments, and last.pt with them
                 skipped, bad_run = skipped + 1, bad_run + 1
                 ids = [ec.utterances[i].path for i in mine[b]]
@@ -615,8 +616,6 @@ def train(cfg: TrainConfig) -> dict:
             step_audio_s = lengths.sum().item() / 100 * world
             audio_s += step_audio_s
             run_audio_s += step_audio_s
-            if torch.isfinite(norm):
-                loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             speed = audio_s / (time.time() - t0)
             bar.set_postfix(loss=f"{loss.item():.3f}", audio_s_per_s=f"{speed:.0f}", refresh=False)
             bar.update()

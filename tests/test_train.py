@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -110,19 +111,17 @@ def test_amp_setting(monkeypatch):
     assert train.parse_args(["--amp", "off"]).amp == "off"
 
 
-def poison_batches(monkeypatch, bad) -> list[int]:
-    """Make `train.collate` return NaN features on the calls (0-based) that `bad` accepts; the calls made."""
-    calls, collate = [], train.collate
+def poison_batches(monkeypatch, bad) -> None:
+    """Make `train.collate` return NaN features on the calls (0-based) that `bad` accepts."""
+    calls, collate = itertools.count(), train.collate
 
     def poisoned(*args, **kw):
         batch = collate(*args, **kw)
-        calls.append(len(calls))
-        if bad(calls[-1]):
+        if bad(next(calls)):
             batch[0].fill_(math.nan)
         return batch
 
     monkeypatch.setattr(train, "collate", poisoned)
-    return calls
 
 
 def test_a_non_finite_step_is_skipped_not_applied(handful, tmp_path, monkeypatch, capsys):
