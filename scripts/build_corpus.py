@@ -32,6 +32,7 @@ import csv
 import functools
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -534,6 +535,19 @@ def random_jobs(
         say, text = PROMPTS[kinds[rng.choice(len(kinds), p=kind_p / kind_p.sum())]](rng, sentences)
         yield make_job(rng, f"{folder}/{voice.folder}/{index:06d}.flac", voice, say, text)
         index += 1
+
+
+def dev_synth_jobs(
+    seed: int, voice: Voice, sentences: list[tuple[str, str]], heard: set[str], n: int
+) -> list[SynthJob]:
+    """The first `n` prompts of the held-out voice's stream whose sentence no training voice says (`heard`:
+    the training transcripts). Both streams draw from the same sentences, so without this some of dev-synth
+    tested memorised text. Short prompts (a digit, "stop") are kept: their words are all trained on anyway.
+    Skipped prompts keep their stream index, so a file's name still says which prompt it holds."""
+    sentence_texts = {text for _, text in sentences}
+    stream = random_jobs(seed, 5, [voice], sentences, "dev-synth")
+    unheard = (j for j in stream if not (j.text in heard and j.text in sentence_texts))
+    return list(itertools.islice(unheard, n))
 
 
 def digit_sweep_jobs(seed: int, voices: list[Voice]) -> list[SynthJob]:
@@ -1173,10 +1187,9 @@ def build(args: argparse.Namespace) -> Corpus:
         corpus.augmented += run_list(runner, corpus, joins, "join")
         if dev_voice.engine in engines:
             n = SMALL_DEV_SYNTH if args.small else DEV_SYNTH_UTTERANCES
-            dev_stream = random_jobs(args.seed, 5, [dev_voice], sentences, "dev-synth")
-            corpus.dev["dev-synth"] = run_list(
-                runner, corpus, [next(dev_stream) for _ in range(n)], "dev-synth"
-            )
+            heard = {u.text for u in corpus.clean}
+            jobs = dev_synth_jobs(args.seed, dev_voice, sentences, heard, n)
+            corpus.dev["dev-synth"] = run_list(runner, corpus, jobs, "dev-synth")
         else:
             print(f"warning: {dev_voice.engine} is not installed: no dev-synth", file=sys.stderr)
         if asterisk_installed():

@@ -217,6 +217,27 @@ def test_joins_put_several_clips_of_one_speaker_in_one_utterance(data_dir):
     assert samples.size == expected
 
 
+def test_dev_synth_says_no_sentence_a_training_voice_says(data_dir):
+    builder = load_builder()
+    sentences = builder.load_sentences(data_dir / "text" / "ljspeech-sentences.txt")
+    voice = builder.find_voice(builder.DEFAULT_DEV_VOICE)
+    stream = builder.random_jobs(builder.SEED, 5, [voice], sentences, "dev-synth")
+    plain = [next(stream) for _ in range(60)]
+    sentence_texts = {text for _, text in sentences}
+    said = [j.text for j in plain if j.text in sentence_texts]
+    short = [j.text for j in plain if j.text not in sentence_texts]
+    assert len(said) >= 5 and short  # the stream mixes sentences with digits, numbers, commands
+    heard = set(said[::2]) | set(short)  # as if a training voice had said these
+    jobs = builder.dev_synth_jobs(builder.SEED, voice, sentences, heard, 60)
+    assert len(jobs) == 60 and jobs == builder.dev_synth_jobs(builder.SEED, voice, sentences, heard, 60)
+    texts = [j.text for j in jobs]
+    assert not set(said[::2]) & set(texts)  # no trained sentence is tested
+    assert set(said[1::2]) <= set(texts) and set(short) <= set(texts)  # the rest stay, short prompts too
+    by_path = {j.path: j for j in plain}
+    assert all(by_path[j.path] == j for j in jobs if j.path in by_path)  # a file's name still says its prompt
+    assert builder.dev_synth_jobs(builder.SEED, voice, sentences, set(), 60) == plain
+
+
 def test_digit_sweep_covers_every_digit_for_every_voice():
     builder = load_builder()
     voices = [v for v in builder.all_voices() if v.engine in ("espeak-ng", "piper")]
