@@ -66,6 +66,7 @@ class TrainConfig:
     time_width: int = 30  # widest time mask in frames
     voice_warp: float = 0.1  # each utterance's spectrum is warped f -> a*f, a drawn from 1 +- this (0: off)
     tilt_db: float = 6.0  # each utterance gets a random smooth spectral curve of at most +- this many dB
+    tempo_warp: float = 0.0  # each ~0.15 s stretch is played at a rate within 1 +- this, log-uniform (0: off)
     gain_min_db: float = -25.0  # each utterance's level changes by a gain drawn from [gain_min_db,
     gain_max_db: float = 6.0  # gain_max_db] (both 0: off); real microphones are often far quieter than ours
     pad_prob: float = 0.25  # share of batches whose utterances get long non-speech before and after (0: none)
@@ -204,6 +205,34 @@ def quiet_frames(
     return near[0, 0] == 0
 
 
+TEMPO_SEGMENT = 15  # input frames (0.15 s, about a syllable) that `warp_tempo` plays at one rate
+
+
+def warp_tempo(
+    feats: torch.Tensor, nonspeech: torch.Tensor, warp: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, n_mels) log-mel and its (T,) non-speech mask, each TEMPO_SEGMENT-frame stretch played at its own
+    rate r, log-uniform within [1 / (1 + warp), 1 + warp] (r > 1 is faster: fewer frames): the way talkers
+    hurry over some syllables and dwell on others. Synthesisers say every syllable in full; real speech
+    shortens unstressed vowels and word ends, which is most of what the model deletes on real sentences
+    (README). Frames are interpolated linearly between the source frames; the mask takes the nearest."""
+    t = feats.shape[0]
+    if not warp or t < 2:
+        return feats, nonspeech
+    segments = -(-t // TEMPO_SEGMENT)
+    log_rate = (torch.rand(segments, generator=generator) * 2 - 1) * math.log1p(warp)
+    dwell = torch.exp(-log_rate).repeat_interleave(TEMPO_SEGMENT)[:t]  # output frames per source frame
+    starts = torch.cumsum(dwell, 0) - dwell  # output time at which each source frame begins
+    n_out = max(2, int(starts[-1] + dwell[-1]))
+    at = torch.arange(n_out, dtype=dwell.dtype)
+    src = (torch.searchsorted(starts, at, right=True) - 1).clamp(0, t - 1)
+    pos = (src + (at - starts[src]) / dwell[src]).clamp(0, t - 1)
+    i0 = pos.floor().long().clamp(max=t - 2)
+    w = (pos - i0).unsqueeze(-1)
+    out = feats[i0].float() * (1 - w) + feats[i0 + 1].float() * w
+    return out.to(feats.dtype), nonspeech[pos.round().long()]
+
+
 def collate(
     corpus: Corpus,
     idx: list[int],
@@ -213,13 +242,15 @@ def collate(
     seed: int = 0,
     quiet_min: int = 0,
     voice: dict | None = None,
+    tempo_warp: float = 0.0,
 ):
     """A padded, normalised batch: x (B, T, n_mels), lengths, targets, target_lengths and `nonspeech` (B, T).
     With `pad_frames`, each utterance gets up to that many frames of its own background before and after it
     (`extend_nonspeech`, lengths drawn from `seed`). `nonspeech` is True on those added frames and, with
     `quiet_min`, on the utterance's own quiet stretches of at least that many frames (`quiet_frames`), and
     beyond each utterance's end.
-    `voice` holds `perturb_voice`'s keyword arguments, which perturb each utterance's voice and channel."""
+    `voice` holds `perturb_voice`'s keyword arguments, which perturb each utterance's voice and channel;
+    `tempo_warp` changes each utterance's tempo syllable by syllable (`warp_tempo`), its mask with it."""
     feats = [corpus.feats[i] for i in idx]
     ends = [(0, 0)] * len(feats)
     gen = torch.Generator().manual_seed(seed)
@@ -232,6 +263,9 @@ def collate(
     ]
     if pad_frames:
         feats = [extend_nonspeech(f, lead, trail, gen) for f, (lead, trail) in zip(feats, ends, strict=True)]
+    if tempo_warp:
+        warped = [warp_tempo(f, m, tempo_warp, gen) for f, m in zip(feats, nonspeech, strict=True)]
+        feats, nonspeech = [f for f, _ in warped], [m for _, m in warped]
     lengths = torch.tensor([f.shape[0] for f in feats])
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     if voice:
@@ -567,7 +601,8 @@ def train(cfg: TrainConfig) -> dict:
             augment = epoch >= cfg.clean_epochs
             pad = round(cfg.pad_max_s * 100) if augment and rng.random() < cfg.pad_prob else 0
             quiet_min = round(cfg.quiet_min_s * 100) if cfg.pad_blank_weight else 0
-            batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, voice if augment else None)
+            perturb = dict(voice=voice, tempo_warp=cfg.tempo_warp) if augment else {}
+            batch = collate(ec, mine[b], stats, device, pad, step_seed, quiet_min, **perturb)
             x, lengths, targets, target_lengths, nonspeech = batch
             if augment:
                 x = spec_augment(x, cfg)

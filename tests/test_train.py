@@ -185,6 +185,50 @@ def test_collate_pads_a_batch_reproducibly(handful):
         assert row[:n].sum() == g and row[n:].all()  # the added frames
 
 
+def test_warp_tempo_changes_the_pace_stretch_by_stretch_and_keeps_the_order():
+    """A ramp whose every mel bin holds its frame index shows where each output frame was taken from."""
+    t = 600
+    ramp = torch.arange(t, dtype=torch.float32)[:, None].expand(t, 80)
+    mask = torch.arange(t) >= 300  # the second half is non-speech
+    gen = torch.Generator().manual_seed(0)
+    out, out_mask = train.warp_tempo(ramp, mask, 0.5, gen)
+    src = out[:, 0]
+    assert torch.equal(out[:, 0], out[:, -1]) and len(out_mask) == len(out)
+    assert src[0] == 0 and src[-1] >= t - 2 and (src.diff() >= 0).all()  # nothing reordered or lost
+    assert t / 1.5 <= len(out) <= t * 1.5
+    steps = src.diff()
+    seg = train.TEMPO_SEGMENT
+    assert steps.max() > 1.1 and steps.min() < 0.9  # faster somewhere, slower elsewhere
+    assert steps.max() <= 1.5 + 1e-4 and steps.min() >= 1 / 1.5 - 1e-4
+    assert (steps.abs() > 0).all() and len(src) > 4 * seg
+    assert torch.equal(out_mask, src.round() >= 300)  # the mask follows its frames
+    again = train.warp_tempo(ramp, mask, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], out) and torch.equal(again[1], out_mask)  # reproducible from the generator
+    same = train.warp_tempo(ramp, mask, 0.0, gen)
+    assert same[0] is ramp and same[1] is mask  # off
+
+
+def test_collate_warps_tempo_only_when_asked(handful):
+    corpus = train.load_corpus((str(handful),), 16.0, "t", quiet=True)
+    stats = train.compute_stats(corpus, 100, 0)
+    idx = [0, 1, 2]
+    plain = train.collate(corpus, idx, stats, "cpu", seed=4, quiet_min=30)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            plain, train.collate(corpus, idx, stats, "cpu", seed=4, quiet_min=30, tempo_warp=0.0), strict=True
+        )
+    )
+    warped = train.collate(corpus, idx, stats, "cpu", seed=4, quiet_min=30, tempo_warp=0.4)
+    assert not torch.equal(warped[1], plain[1])  # new lengths
+    assert ((warped[1] - plain[1] * 1.0).abs() <= plain[1] * 0.4 + 2).all()
+    assert torch.equal(warped[2], plain[2]) and torch.equal(warped[3], plain[3])  # the same transcripts
+    assert plain[4].any()
+    for row, n, was, m in zip(warped[4], warped[1].tolist(), plain[4], plain[1].tolist(), strict=True):
+        assert row[n:].all()  # beyond the new length
+        assert abs(row[:n].sum() - was[:m].sum()) <= 0.4 * was[:m].sum() + 2  # silences keep their share
+
+
 def test_quiet_frames_mark_pauses_not_speech(data_dir):
     """Two real digits with 0.8 s of faint noise floor between them (as the corpus's joins and pause
     augmentation make them): the pause is marked, the words are not; speech buried in noise marks nothing."""
