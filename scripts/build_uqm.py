@@ -1,0 +1,254 @@
+"""Real speech of whole sentences from Debian's `uqm-voice` (`make data-uqm`): a training corpus of actors.
+
+    .venv/bin/python scripts/build_uqm.py --out corpus-uqm
+
+`uqm-voice` (non-free) is the voice pack of the 3DO release of Star Control II (Toys for Bob, 1992): the
+game's dialogue read by about 25 actors, mono 11 kHz Ogg Vorbis, 2,218 clips. `uqm-content` holds the text
+of every clip and the voice pack a timing file that gives, for each clip, how long each of its subtitle lines
+lasts but the last. A clip is cut at those line ends (each cut moved to the quietest 10 ms within
+`SNAP_S` of it) into pieces of at most `MAX_SECONDS`, each with the text of its lines. Clips whose timings
+overrun the audio are kept whole when they are short enough, else left out; so are lines whose text does
+not say how it is read (digits, fractions, symbols, the Orz's starred words) and the voices made inhuman
+by effects (`LEFT_OUT_VOICES`). Both packages are CC BY-NC-SA 2.5: non-commercial use, share alike.
+
+The .debs are fetched with `apt-get download` (needs Debian's non-free section, which `make system-deps`
+adds) into OUT/.debs, unless they are there already; nothing else is downloaded. Output under --out:
+
+    train.jsonl     every kept piece, speaker "uqm-<voice>"
+    summary.json    hours and pieces per voice, what was left out and why
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from asr import audio
+from asr.data import Utterance, write_manifest
+from asr.text import encode, normalize
+
+PACKAGES = ("uqm-voice", "uqm-content")
+VOICE_ZIP = "usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
+CONTENT_ZIP = "usr/share/games/uqm/content/packages/uqm-0.8.0-content.uqm"
+RESOURCE_MAP = "3dovoice/3dovoice.rmp"  # comm.RACE.dialogue = CONVERSATION:text:ogg folder:timings
+SAMPLE_RATE = audio.SAMPLE_RATE
+MAX_SECONDS = 15.0  # longest piece (training leaves out utterances over 16 s)
+MIN_SECONDS = 0.4  # shorter pieces are left out
+SNAP_S = 0.3  # a cut moves to the quietest 10 ms within this many seconds of the subtitle timing
+# Voices whose effects leave little of a human voice: the probe, the Dnyarri, the Mycon, and the Ilwrath,
+# Umgah and Ur-Quan (on a sample of 150 pieces the bundled model's CER was 92-123% on these three, 61-71% on
+# every other voice); and the Orz, whose text marks untranslatable words (*frumple*) said as noises.
+LEFT_OUT_VOICES = frozenset({"orz", "probe", "talkingpet", "mycon", "ilwrath", "umgah", "urquan"})
+UNREAD = re.compile(r"[0-9*/%<>+]")  # text that does not say how it is read
+
+
+@dataclass(frozen=True)
+class Clip:
+    voice: str  # the race whose actor speaks
+    name: str  # the ogg file in the voice pack's folder of that race
+    lines: tuple[str, ...]  # subtitle lines as written
+    timings: tuple[float, ...]  # seconds of each line but the last (may be empty)
+
+
+def fetch_debs(folder: Path) -> dict[str, Path]:
+    """The two .debs in `folder`, downloaded with apt-get when missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    found = {p: sorted(folder.glob(f"{p}_*.deb")) for p in PACKAGES}
+    missing = [p for p, debs in found.items() if not debs]
+    if missing:
+        print(f"apt-get download {' '.join(missing)} into {folder}", file=sys.stderr)
+        result = subprocess.run(["apt-get", "download", *missing], cwd=folder, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(
+                f"apt-get download {' '.join(missing)} failed: {result.stderr.strip()[-400:]}\n"
+                "They are in Debian's non-free section: run `make system-deps` (it adds non-free) first."
+            )
+        found = {p: sorted(folder.glob(f"{p}_*.deb")) for p in PACKAGES}
+    return {p: debs[-1] for p, debs in found.items()}
+
+
+def extract(deb: Path, member: str, into: Path) -> Path:
+    """One file out of a .deb (dpkg-deb -x), returned as a path under `into`."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    path = into / member
+    if not path.exists():
+        raise SystemExit(f"{deb} has no {member}")
+    return path
+
+
+def parse_dialogue(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """A conversation file (`#(KEY) file.ogg` then the lines said, blank line between) -> key ->
+    (ogg name, lines). Keys without an ogg are left out."""
+    out, key, ogg, lines = {}, None, None, []
+    for raw in text.splitlines() + ["#("]:
+        line = raw.rstrip()
+        if line.startswith("#("):
+            if key and ogg:
+                out[key] = (ogg, tuple(x for x in lines if x.strip()))
+            head, *rest = line.split(maxsplit=1)
+            key, ogg, lines = head[2:].rstrip(")"), (rest[0].strip() if rest else None), []
+        elif key:
+            lines.append(line.strip())
+    return out
+
+
+def parse_timings(text: str) -> dict[str, tuple[float, ...]]:
+    """A timing file (`#(KEY) ms,ms,...`: the length of each subtitle line but the last) -> key -> seconds."""
+    out = {}
+    for line in text.splitlines():
+        head, _, rest = line.strip().partition(" ")
+        if head.startswith("#("):
+            out[head[2:].rstrip(")")] = tuple(int(v) / 1000 for v in rest.split(",") if v.strip())
+    return out
+
+
+def clips_of(voice_zip: zipfile.ZipFile, content_zip: zipfile.ZipFile) -> list[Clip]:
+    """Every voiced clip with its text, from the voice pack's resource map."""
+
+    def read(path: str) -> str:
+        for z, prefix in ((voice_zip, "addons/"), (content_zip, "")):
+            name = path.removeprefix(prefix) if prefix and path.startswith(prefix) else path
+            if name in z.namelist():
+                return z.read(name).decode("latin-1")
+        raise SystemExit(f"no {path} in the uqm packages")
+
+    clips = []
+    for line in voice_zip.read(RESOURCE_MAP).decode().splitlines():
+        name, _, value = line.partition("=")
+        if not name.strip().endswith(".dialogue"):
+            continue
+        _, text_path, ogg_dir, timing_path = value.strip().split(":")
+        voice = Path(ogg_dir).name  # the race's folder: "yehatrebels" for comm.yehat.rebel
+        timings = parse_timings(read(timing_path))
+        for key, (ogg, lines) in parse_dialogue(read(text_path)).items():
+            clips.append(Clip(voice, ogg_dir.removeprefix("addons/") + ogg, lines, timings.get(key, ())))
+    return clips
+
+
+def cut_points(samples: np.ndarray, timings: tuple[float, ...]) -> list[int] | None:
+    """Sample offsets of the line ends, each moved to the quietest 10 ms near it; None when they overrun."""
+    ends = np.cumsum(timings) if timings else np.zeros(0)
+    if ends.size and ends[-1] >= samples.size / SAMPLE_RATE:
+        return None
+    hop, reach = SAMPLE_RATE // 100, round(SNAP_S * SAMPLE_RATE)
+    cuts = []
+    for t in ends:
+        at = round(t * SAMPLE_RATE)
+        lo, hi = max(at - reach, 0), min(at + reach, samples.size)
+        frames = samples[lo : lo + (hi - lo) // hop * hop].reshape(-1, hop)
+        cuts.append(lo + int(np.argmin((frames**2).sum(axis=1))) * hop + hop // 2 if len(frames) else at)
+    return cuts
+
+
+def pieces(clip: Clip, samples: np.ndarray) -> tuple[list[tuple[int, int, str]], Counter]:
+    """(start, end, transcript) of the pieces a clip is cut into, and why any part of it was left out:
+    consecutive lines are joined while the piece stays under MAX_SECONDS; a line not read as written
+    ends the piece before it and is dropped."""
+    left_out: Counter = Counter()
+    cuts = cut_points(samples, clip.timings)
+    if cuts is None or len(cuts) != len(clip.lines) - 1:
+        if samples.size / SAMPLE_RATE > MAX_SECONDS:
+            return [], Counter(timings=1)
+        cuts = []  # whole clip as one piece
+        lines = (" ".join(clip.lines),)
+    else:
+        lines = clip.lines
+    bounds = [0, *cuts, samples.size]
+    out, start, text = [], None, []
+
+    def close(end: int) -> None:
+        if start is None:
+            return
+        said = normalize(" ".join(text))
+        if not said or (end - start) / SAMPLE_RATE < MIN_SECONDS:
+            left_out["short or empty"] += 1
+        elif (end - start) / SAMPLE_RATE > MAX_SECONDS:
+            left_out["longer than the maximum"] += 1
+        else:
+            encode(said)
+            out.append((start, end, said))
+
+    for i, line in enumerate(lines):
+        a, b = bounds[i], bounds[i + 1]
+        if UNREAD.search(line):
+            close(a)
+            start, text = None, []
+            left_out["unread text"] += 1
+            continue
+        if start is not None and (b - start) / SAMPLE_RATE > MAX_SECONDS:
+            close(a)
+            start, text = None, []
+        if start is None:
+            start = a
+        text.append(line)
+    close(samples.size)
+    return out, left_out
+
+
+def build(out: Path, debs: dict[str, Path]) -> dict:
+    utterances: list[Utterance] = []
+    seconds: dict[str, float] = defaultdict(float)
+    left_out: Counter = Counter()
+    with tempfile.TemporaryDirectory(prefix="asr-uqm-") as tmp:
+        voice_zip = zipfile.ZipFile(extract(debs["uqm-voice"], VOICE_ZIP, Path(tmp) / "voice"))
+        content_zip = zipfile.ZipFile(extract(debs["uqm-content"], CONTENT_ZIP, Path(tmp) / "content"))
+        clips = clips_of(voice_zip, content_zip)
+        names = set(voice_zip.namelist())
+        for clip in tqdm(clips, desc="uqm clips", unit="clip"):
+            if clip.voice in LEFT_OUT_VOICES:
+                left_out["voice left out"] += 1
+                continue
+            if clip.name not in names:
+                left_out["no audio"] += 1
+                continue
+            samples = audio.decode(voice_zip.read(clip.name))
+            kept, why = pieces(clip, samples)
+            left_out.update(why)
+            for i, (a, b, text) in enumerate(kept):
+                rel = f"uqm/{Path(clip.name).stem}-{i:02d}.flac"
+                path = out / rel
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp_path = path.with_name(path.name + ".tmp")
+                    sf.write(tmp_path, samples[a:b], SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                    tmp_path.replace(path)
+                utterances.append(Utterance(rel, round((b - a) / SAMPLE_RATE, 3), text, f"uqm-{clip.voice}"))
+                seconds[clip.voice] += (b - a) / SAMPLE_RATE
+    write_manifest(out / "train.jsonl", utterances)
+    info = {
+        "pieces": len(utterances),
+        "hours": round(sum(seconds.values()) / 3600, 3),
+        "words": sum(len(u.text.split()) for u in utterances),
+        "hours_by_voice": {v: round(s / 3600, 3) for v, s in sorted(seconds.items())},
+        "left_out": dict(left_out),
+    }
+    (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("corpus-uqm"), help="corpus folder (default: corpus-uqm)")
+    p.add_argument("--debs", type=Path, help="folder of the uqm-voice and uqm-content .debs (OUT/.debs)")
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    info = build(out, fetch_debs(args.debs or out / ".debs"))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
