@@ -2,7 +2,8 @@
 # Debian packages for the training corpus (`make system-deps`): speech synthesisers from main, plus the
 # MBROLA and SVOX Pico voices from contrib/non-free, whose components this enables in Debian's apt sources
 # when they are missing (deb822 debian.sources or a one-line sources.list). The Asterisk prompts (real
-# speech, the dev set dev-asterisk) are G.722, which ffmpeg decodes. Run as root.
+# speech, the dev set dev-asterisk) are G.722, which ffmpeg decodes. `make data-uqm` fetches the non-free
+# uqm-voice and uqm-content .debs itself (apt-get download, no root) once non-free is enabled here. Run as root.
 set -euo pipefail
 MAIN=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
       ffmpeg asterisk-core-sounds-en-g722 asterisk-core-sounds-en)
