@@ -27,17 +27,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
 from asr import audio
 from asr.data import Utterance, write_manifest
-from asr.text import encode, normalize
+from asr.text import normalize
+from scripts.build_corpus import check_transcript, write_flac
 
 PACKAGES = ("uqm-voice", "uqm-content")
 VOICE_ZIP = "usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
@@ -119,8 +119,8 @@ def clips_of(voice_zip: zipfile.ZipFile, content_zip: zipfile.ZipFile) -> list[C
 
     def read(path: str) -> str:
         for z, prefix in ((voice_zip, "addons/"), (content_zip, "")):
-            name = path.removeprefix(prefix) if prefix and path.startswith(prefix) else path
-            if name in z.namelist():
+            name = path.removeprefix(prefix)
+            if name in z.NameToInfo:
                 return z.read(name).decode("latin-1")
         raise SystemExit(f"no {path} in the uqm packages")
 
@@ -177,8 +177,7 @@ def pieces(clip: Clip, samples: np.ndarray) -> tuple[list[tuple[int, int, str]],
         elif (end - start) / SAMPLE_RATE > MAX_SECONDS:
             left_out["longer than the maximum"] += 1
         else:
-            encode(said)
-            out.append((start, end, said))
+            out.append((start, end, check_transcript(said)))
 
     for i, line in enumerate(lines):
         a, b = bounds[i], bounds[i + 1]
@@ -199,18 +198,16 @@ def pieces(clip: Clip, samples: np.ndarray) -> tuple[list[tuple[int, int, str]],
 
 def build(out: Path, debs: dict[str, Path]) -> dict:
     utterances: list[Utterance] = []
-    seconds: dict[str, float] = defaultdict(float)
     left_out: Counter = Counter()
     with tempfile.TemporaryDirectory(prefix="asr-uqm-") as tmp:
         voice_zip = zipfile.ZipFile(extract(debs["uqm-voice"], VOICE_ZIP, Path(tmp) / "voice"))
         content_zip = zipfile.ZipFile(extract(debs["uqm-content"], CONTENT_ZIP, Path(tmp) / "content"))
         clips = clips_of(voice_zip, content_zip)
-        names = set(voice_zip.namelist())
         for clip in tqdm(clips, desc="uqm clips", unit="clip"):
             if clip.voice in LEFT_OUT_VOICES:
                 left_out["voice left out"] += 1
                 continue
-            if clip.name not in names:
+            if clip.name not in voice_zip.NameToInfo:
                 left_out["no audio"] += 1
                 continue
             samples = audio.decode(voice_zip.read(clip.name))
@@ -218,20 +215,18 @@ def build(out: Path, debs: dict[str, Path]) -> dict:
             left_out.update(why)
             for i, (a, b, text) in enumerate(kept):
                 rel = f"uqm/{Path(clip.name).stem}-{i:02d}.flac"
-                path = out / rel
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp_path = path.with_name(path.name + ".tmp")
-                    sf.write(tmp_path, samples[a:b], SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                    tmp_path.replace(path)
+                if not (out / rel).exists():
+                    write_flac(out / rel, samples[a:b])
                 utterances.append(Utterance(rel, round((b - a) / SAMPLE_RATE, 3), text, f"uqm-{clip.voice}"))
-                seconds[clip.voice] += (b - a) / SAMPLE_RATE
     write_manifest(out / "train.jsonl", utterances)
+    by_voice = Counter()
+    for u in utterances:
+        by_voice[u.speaker.removeprefix("uqm-")] += u.duration
     info = {
         "pieces": len(utterances),
-        "hours": round(sum(seconds.values()) / 3600, 3),
+        "hours": round(by_voice.total() / 3600, 3),
         "words": sum(len(u.text.split()) for u in utterances),
-        "hours_by_voice": {v: round(s / 3600, 3) for v, s in sorted(seconds.items())},
+        "hours_by_voice": {v: round(s / 3600, 3) for v, s in sorted(by_voice.items())},
         "left_out": dict(left_out),
     }
     (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
