@@ -38,6 +38,7 @@ CORPUS = "corpus"  # where `make data` writes its manifests
 @dataclass(frozen=True)
 class TrainConfig:
     train: tuple[str, ...] = (f"{CORPUS}/train.jsonl",)  # training manifests (after the clean warm-up)
+    train_repeat: tuple[str, ...] = ()  # times per epoch each --train manifest is heard (one each; default 1)
     clean: tuple[str, ...] = (f"{CORPUS}/train-clean.jsonl",)  # manifests of the clean warm-up epochs
     dev: tuple[str, ...] = (  # validation manifests, scored each epoch
         f"{CORPUS}/dev-fsdd.jsonl",
@@ -141,6 +142,18 @@ def load_corpus(manifests: tuple[str, ...], max_seconds: float, desc: str, quiet
     if not corpus.feats:
         raise SystemExit(f"no usable utterances in {', '.join(manifests)}")
     return corpus
+
+
+def repeated_ids(corpus: Corpus, manifests: tuple[str, ...], repeats: list[int]) -> list[int]:
+    """Indices into `corpus` of one epoch's utterances: each once per repeat of its manifest (`repeats`,
+    one per manifest, or empty for once each). An utterance in two manifests takes the larger count.
+    The copies are augmented independently, and being equally long they usually share a batch."""
+    repeats = repeats or [1] * len(manifests)
+    times: dict[str, int] = {}
+    for manifest, r in zip(manifests, repeats, strict=True):
+        for u in read_manifest(manifest):
+            times[u.path] = max(times.get(u.path, 0), r)
+    return [i for i, u in enumerate(corpus.utterances) for _ in range(times.get(u.path, 0))]
 
 
 def compute_stats(corpus: Corpus, n: int, seed: int) -> features.FeatureStats:
@@ -510,8 +523,7 @@ def train(cfg: TrainConfig) -> dict:
     corpus = load_corpus(tuple(dict.fromkeys(cfg.train + cfg.clean)), cfg.max_seconds, "train", quiet)
     clean_paths = {u.path for m in cfg.clean for u in read_manifest(m)} if cfg.clean else set()
     clean_ids = [i for i, u in enumerate(corpus.utterances) if u.path in clean_paths]
-    train_paths = {u.path for m in cfg.train for u in read_manifest(m)}
-    train_ids = [i for i, u in enumerate(corpus.utterances) if u.path in train_paths]
+    train_ids = repeated_ids(corpus, cfg.train, [int(r) for r in cfg.train_repeat])
 
     resume = out / "last.pt"
     payload = checkpoint.read(resume) if resume.exists() else None
@@ -731,6 +743,11 @@ def parse_args(argv=None) -> TrainConfig:
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()})
     if cfg.preset not in PRESETS:
         parser.error(f"unknown preset {cfg.preset!r}: choose from {', '.join(PRESETS)}")
+    if cfg.train_repeat and (
+        len(cfg.train_repeat) != len(cfg.train)
+        or not all(r.isdigit() and int(r) >= 1 for r in cfg.train_repeat)
+    ):
+        parser.error("--train-repeat takes one whole number of at least 1 for each --train manifest")
     if cfg.amp not in AMP_SETTINGS:
         parser.error(f"--amp must be one of {', '.join(AMP_SETTINGS)}, not {cfg.amp!r}")
     return cfg

@@ -111,6 +111,36 @@ def test_amp_setting(monkeypatch):
     assert train.parse_args(["--amp", "off"]).amp == "off"
 
 
+def test_train_repeat_hears_a_manifest_that_many_times_per_epoch(handful, tmp_path):
+    utts = read_manifest(handful)
+    write_manifest(tmp_path / "a.jsonl", utts[:5])
+    write_manifest(tmp_path / "b.jsonl", utts[3:])  # utts 3 and 4 are in both
+    manifests = (str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
+    corpus = train.load_corpus(manifests, 16.0, "test", quiet=True)
+    paths = [u.path for u in corpus.utterances]
+    heard = [paths[i] for i in train.repeated_ids(corpus, manifests, [1, 3])]
+    assert [heard.count(u.path) for u in utts] == [1, 1, 1, 3, 3, 3, 3, 3]
+    assert sorted(train.repeated_ids(corpus, manifests, [])) == list(range(8))
+    cfg = tiny_config(handful, tmp_path / "run", train=manifests, train_repeat=("2", "1"), epochs=1)
+    batches = train.make_batches(
+        train.Corpus(
+            *(
+                [lst[i] for i in train.repeated_ids(corpus, manifests, [2, 1])]
+                for lst in (corpus.utterances, corpus.feats, corpus.targets)
+            )
+        ),
+        cfg,
+        0,
+        1,
+    )
+    assert sum(len(b) for b in batches) == 13  # utts 0-4 twice, 5-7 once
+    argv = ["--train", *manifests, "--train-repeat"]
+    assert train.parse_args([*argv, "1", "2"]).train_repeat == ("1", "2")
+    for bad in (["2"], ["1", "0"], ["1", "x"]):
+        with pytest.raises(SystemExit):
+            train.parse_args([*argv, *bad])
+
+
 def poison_batches(monkeypatch, bad) -> None:
     """Make `train.collate` return NaN features on the calls (0-based) that `bad` accepts."""
     calls, collate = itertools.count(), train.collate
