@@ -93,7 +93,9 @@ def test_lines_not_read_as_written_are_left_out_and_split_the_piece():
     assert short[0] == [(0, samples.size, "we have lost everything")]
 
 
-def fake_packages(folder: Path) -> tuple[Path, Path]:
+def fake_packages(
+    folder: Path, dialogue: str = "#(HELLO) rebels-000.ogg\nOur queen\nis dead.\n"
+) -> tuple[Path, Path]:
     """Two .uqm zips laid out as the packages lay them out, with one short clip of noise and silence."""
     samples, _ = speech_with_gaps([1.2, 1.0])
     ogg = io.BytesIO()
@@ -108,7 +110,7 @@ def fake_packages(folder: Path) -> tuple[Path, Path]:
         z.writestr("3dovoice/yehatrebels/yehatrebels.ts", "#(HELLO) 1300\n")
         z.writestr("3dovoice/yehatrebels/rebels-000.ogg", ogg.getvalue())
     with zipfile.ZipFile(content, "w") as z:
-        z.writestr("base/comm/yehatrebels/yehatrebels.txt", "#(HELLO) rebels-000.ogg\nOur queen\nis dead.\n")
+        z.writestr("base/comm/yehatrebels/yehatrebels.txt", dialogue)
     return voice, content
 
 
@@ -132,10 +134,23 @@ def test_build_writes_a_manifest_of_playable_pieces(tmp_path, monkeypatch):
     assert u.duration == pytest.approx(2.4, abs=0.05)
 
 
+def test_a_recording_is_used_once_and_listed_mismatches_are_left_out(tmp_path, monkeypatch):
+    twice = "#(HELLO) rebels-000.ogg\nOur queen\nis dead.\n\n#(AGAIN) rebels-000.ogg\nOur queen is dead.\n"
+    voice, content = fake_packages(tmp_path, twice)
+    monkeypatch.setattr(build_uqm, "extract", lambda deb, member, into: deb)
+    info = build_uqm.build(tmp_path / "a", {"uqm-voice": voice, "uqm-content": content})
+    assert info["pieces"] == 1 and info["left_out"] == {"audio of an earlier key": 1}
+    monkeypatch.setattr(build_uqm, "MISMATCHED", frozenset({"rebels-000-00"}))
+    info = build_uqm.build(tmp_path / "b", {"uqm-voice": voice, "uqm-content": content})
+    assert info["pieces"] == 0 and info["left_out"]["audio says more than the text"] == 1
+    assert read_manifest(tmp_path / "b" / "train.jsonl") == []
+
+
 @pytest.mark.skipif(not Path("corpus-uqm/train.jsonl").exists(), reason="no corpus-uqm (make data-uqm)")
 def test_the_built_corpus_is_speech_with_transcripts():
     utterances = read_manifest("corpus-uqm/train.jsonl")
     assert len(utterances) > 3000 and len({u.speaker for u in utterances}) >= 15
+    assert len({u.path for u in utterances}) == len(utterances)
     for u in utterances[::500]:
         assert u.text == normalize(u.text) and len(u.text.split()) >= 1
         assert build_uqm.MIN_SECONDS <= u.duration <= build_uqm.MAX_SECONDS
