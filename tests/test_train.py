@@ -62,9 +62,7 @@ def tiny_config(manifest, out, **kw) -> train.TrainConfig:
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["off", "on"])  # on: bfloat16 autocast, on the CPU as well
 def test_tiny_model_overfits_real_speech(handful, tmp_path, amp):
-    t0 = time.time()
-    train.train(tiny_config(handful, tmp_path, max_steps=300, amp=amp))
-    assert amp == "on" or time.time() - t0 < 60  # bfloat16 is emulated, slower, on CPUs without it
+    train.train(tiny_config(handful, tmp_path, max_steps=300, amp=amp))  # speed is measured by make bench
     model, stats, _, _ = checkpoint.load(tmp_path / "last.pt")
     utts = read_manifest(handful)
     full = evaluate.score(model, stats, utts, "full")
