@@ -119,19 +119,12 @@ def test_train_repeat_hears_a_manifest_that_many_times_per_epoch(handful, tmp_pa
     heard = [paths[i] for i in train.repeated_ids(corpus, manifests, [1, 3])]
     assert [heard.count(u.path) for u in utts] == [1, 1, 1, 3, 3, 3, 3, 3]
     assert sorted(train.repeated_ids(corpus, manifests, [])) == list(range(8))
-    cfg = tiny_config(handful, tmp_path / "run", train=manifests, train_repeat=("2", "1"), epochs=1)
-    batches = train.make_batches(
-        train.Corpus(
-            *(
-                [lst[i] for i in train.repeated_ids(corpus, manifests, [2, 1])]
-                for lst in (corpus.utterances, corpus.feats, corpus.targets)
-            )
-        ),
-        cfg,
-        0,
-        1,
+    ids = train.repeated_ids(corpus, manifests, [2, 1])  # utts 0-4 twice, 5-7 once
+    epoch = train.Corpus(
+        *([lst[i] for i in ids] for lst in (corpus.utterances, corpus.feats, corpus.targets))
     )
-    assert sum(len(b) for b in batches) == 13  # utts 0-4 twice, 5-7 once
+    batches = train.make_batches(epoch, tiny_config(handful, tmp_path / "run"), 0, 1)
+    assert sorted(i for b in batches for i in b) == list(range(13))
     argv = ["--train", *manifests, "--train-repeat"]
     assert train.parse_args([*argv, "1", "2"]).train_repeat == ("1", "2")
     for bad in (["2"], ["1", "0"], ["1", "x"]):
