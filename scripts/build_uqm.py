@@ -228,10 +228,11 @@ def build(out: Path, debs: dict[str, Path]) -> dict:
             kept, why = pieces(clip, samples)
             left_out.update(why)
             for i, (a, b, text) in enumerate(kept):
-                rel = f"uqm/{Path(clip.name).stem}-{i:02d}.flac"
-                if Path(rel).stem in MISMATCHED:
+                stem = f"{Path(clip.name).stem}-{i:02d}"
+                if stem in MISMATCHED:
                     left_out["audio says more than the text"] += 1
                     continue
+                rel = f"uqm/{stem}.flac"
                 if not (out / rel).exists():
                     write_flac(out / rel, samples[a:b])
                 utterances.append(Utterance(rel, round((b - a) / SAMPLE_RATE, 3), text, f"uqm-{clip.voice}"))
