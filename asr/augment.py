@@ -34,6 +34,10 @@ PHONE_BAND_PASS_SHARE = 0.7  # share of telephone augmentations band-passed; the
 PHONE_FILTER_ORDER = 4  # Butterworth order of the telephone band-pass (doubled by the band-pass design)
 GAIN_RANGE_DB = (-24.0, 6.0)  # gains drawn; above 0 dB loud samples may clip
 PITCH_RANGE_SEMITONES = (1.0, 4.0)  # magnitude of pitch shifts drawn, either direction
+# STFT of the pitch shifter's phase vocoder (32 ms, hop 8 ms). librosa's default (2048, 128 ms) smears
+# speech: the bundled model's greedy CER on real speech went from 31.5% to 49.1% at +1.65 semitones with
+# it, and to 32.4% with 512 (session 20).
+PITCH_N_FFT = 512
 FORMANT_RANGE = (0.86, 1.16)  # vocal-tract-length warp factors drawn (> 1: shorter tract, higher formants)
 FORMANT_MIN_WARP = 0.03  # warps closer to 1 than this are redrawn: they would change nothing audible
 FORMANT_N_FFT = 512  # STFT size of the formant shifter (32 ms)
@@ -157,7 +161,10 @@ def gain(samples: np.ndarray, db: float) -> np.ndarray:
 def pitch_shift(samples: np.ndarray, semitones: float) -> np.ndarray:
     """Shift pitch and formants by `semitones`, duration kept (librosa: phase-vocoder stretch + soxr)."""
     x = _check(samples).numpy()
-    return _finish(librosa.effects.pitch_shift(x, sr=SAMPLE_RATE, n_steps=float(semitones)))
+    shifted = librosa.effects.pitch_shift(
+        x, sr=SAMPLE_RATE, n_steps=float(semitones), n_fft=PITCH_N_FFT, hop_length=PITCH_N_FFT // 4
+    )
+    return _finish(shifted)
 
 
 def _log_envelope(log_mag: np.ndarray) -> np.ndarray:
