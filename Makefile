@@ -54,8 +54,8 @@ data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 m
 data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~35 min), as data-kokoro
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro-mix --engines kokoro-mix --hours 9 --seed 6789 $(DATA_ARGS)
 
-data-uqm: install  ## 8.5 h of real acted dialogue (Debian's non-free uqm-voice, CC BY-NC-SA) under corpus-uqm/ (~1 min)
-	nice -n 10 $(PY) scripts/build_uqm.py --out corpus-uqm
+data-uqm: install  ## 8.5 h of real acted dialogue (Debian's non-free uqm-voice, CC BY-NC-SA) under corpus-uqm/ (~1 min; UQM_ARGS="--copies 1" adds augmented copies)
+	nice -n 10 $(PY) scripts/build_uqm.py --out corpus-uqm $(UQM_ARGS)
 
 train: install  ## train the default model from corpus/ into $(RUN) (resumes from $(RUN)/last.pt)
 	$(PY) -m asr.train --out $(RUN) $(TRAIN_ARGS)

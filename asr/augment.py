@@ -43,6 +43,10 @@ FORMANT_MIN_WARP = 0.03  # warps closer to 1 than this are redrawn: they would c
 FORMANT_N_FFT = 512  # STFT size of the formant shifter (32 ms)
 FORMANT_HOP = 128  # STFT hop of the formant shifter (8 ms)
 FORMANT_LIFTER = 30  # cepstral coefficients kept for the spectral envelope (below the pitch quefrency)
+VOICE_UP_SEMITONES = (3.0, 8.0)  # `voice`: pitch raised by this much (a man's voice towards a woman's) ...
+VOICE_UP_FORMANTS = (1.06, 1.18)  # ... with the formants raised by this factor in all (a shorter tract)
+VOICE_DOWN_SEMITONES = (2.0, 5.0)  # or pitch lowered by this much ...
+VOICE_DOWN_FORMANTS = (0.88, 0.96)  # ... with the formants lowered by this factor
 PAUSE_RANGE_S = (0.3, 2.0)  # length of each silence inserted by `pause`
 PAUSE_MAX = 3  # most pauses inserted into one utterance
 PAUSE_TOP_DB = 30  # audio this far below the peak counts as a gap between words
@@ -192,6 +196,17 @@ def formant_shift(samples: np.ndarray, alpha: float) -> np.ndarray:
     return _finish(out * (rms_in / rms_out) if rms_out > 0 else out)
 
 
+def new_voice(samples: np.ndarray, semitones: float, formants: float) -> np.ndarray:
+    """Another talker saying the same: pitch moved by `semitones`, formants by the factor `formants` in all.
+
+    `pitch_shift` moves the formants with the pitch (by 2 ** (semitones / 12)); `formant_shift` then sets
+    them where asked, since a higher voice does not come with a proportionally shorter vocal tract (a woman's
+    pitch is about an octave above a man's, her formants about 15% higher)."""
+    shifted = pitch_shift(samples, semitones) if semitones else _check(samples).numpy()
+    alpha = formants / 2 ** (semitones / 12)
+    return formant_shift(shifted, alpha) if abs(alpha - 1.0) > 1e-3 else _finish(shifted)
+
+
 def insert_pauses(
     samples: np.ndarray, at: list[int], seconds: list[float], floor_db: float | None
 ) -> np.ndarray:
@@ -257,6 +272,15 @@ def _random_formant(samples, rng):
     return formant_shift(samples, alpha), {"alpha": round(alpha, 3)}
 
 
+def _random_voice(samples, rng):
+    if rng.random() < 0.5:
+        semitones, formants = rng.uniform(*VOICE_UP_SEMITONES), rng.uniform(*VOICE_UP_FORMANTS)
+    else:
+        semitones, formants = -rng.uniform(*VOICE_DOWN_SEMITONES), rng.uniform(*VOICE_DOWN_FORMANTS)
+    out = new_voice(samples, float(semitones), float(formants))
+    return out, {"semitones": round(float(semitones), 2), "formants": round(float(formants), 3)}
+
+
 def random_pause_floor(rng: np.random.Generator) -> float | None:
     """What fills a pause: None (digital silence) or a noise-floor level in dB, drawn."""
     if rng.random() < PAUSE_DIGITAL_SHARE:
@@ -293,6 +317,7 @@ KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, d
     "gain": _random_gain,
     "pitch": _random_pitch,
     "formant": _random_formant,
+    "voice": _random_voice,
     "mix": _random_mix,
     "pause": _random_pause,
 }  # augmentation name -> (samples, rng) -> (augmented samples, the parameters drawn)

@@ -62,6 +62,8 @@ from asr.text import encode, normalize
 SEED = 1234  # base seed of every random choice in the build
 SAMPLE_RATE = audio.SAMPLE_RATE  # Hz: everything is stored at this rate, mono 16-bit FLAC
 MIN_SECONDS = 0.5  # synthetic utterances shorter than this are skipped
+# augmentations of `make data`'s copies, one share each (asr.augment.KINDS has more: `voice` is build_uqm's)
+CORPUS_KINDS = ("speed", "noise", "reverb", "telephone", "gain", "pitch", "formant", "mix", "pause")
 MAX_SECONDS = 15.0  # utterances longer than this are skipped (synthetic and augmented)
 DEFAULT_HOURS = 8.0  # training audio in train.jsonl, clean and augmented together
 SMALL_HOURS = 0.02  # training audio of a --small build
@@ -577,7 +579,7 @@ def augmentation_jobs(
 ) -> list[AugJob]:
     """Augmented copies worth about `seconds`: FSDD_AUG_COPIES of each real (FSDD) utterance with random
     kinds, the rest split evenly between the kinds, drawn from the synthetic utterances without repeats."""
-    kinds = list(augment.KINDS)
+    kinds = list(CORPUS_KINDS)
     jobs = []
     for i, utt in enumerate(real):
         for copy in range(FSDD_AUG_COPIES):

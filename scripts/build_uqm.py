@@ -17,6 +17,9 @@ adds) into OUT/.debs, unless they are there already; nothing else is downloaded.
 
     train.jsonl     every kept piece, speaker "uqm-<voice>"
     summary.json    hours and pieces per voice, what was left out and why
+    train-augmented.jsonl   with --copies N: N augmented copies of each piece (aug/KIND/), one of
+                    `COPY_KINDS` each: the same real articulation as another talker, at another pace, or in
+                    another room and channel; the copies are reproducible (seeded by --seed and the piece)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +40,9 @@ import numpy as np
 from tqdm import tqdm
 
 from asr import audio
-from asr.data import Utterance, write_manifest
+from asr.data import Utterance, read_manifest, write_manifest
 from asr.text import normalize
-from scripts.build_corpus import check_transcript, write_flac
+from scripts.build_corpus import AugJob, Corpus, Runner, check_transcript, portable, run_list, write_flac
 
 PACKAGES = ("uqm-voice", "uqm-content")
 VOICE_ZIP = "usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
@@ -47,6 +51,8 @@ RESOURCE_MAP = "3dovoice/3dovoice.rmp"  # comm.RACE.dialogue = CONVERSATION:text
 SAMPLE_RATE = audio.SAMPLE_RATE
 MAX_SECONDS = 15.0  # longest piece (training leaves out utterances over 16 s)
 MIN_SECONDS = 0.4  # shorter pieces are left out
+COPY_KINDS = ("voice", "speed", "mix")  # augmentations of the copies (asr.augment.KINDS), drawn evenly
+SEED = 5678  # base seed of the copies' augmentations
 SNAP_S = 0.3  # a cut moves to the quietest 10 ms within this many seconds of the subtitle timing
 # Voices whose effects leave little of a human voice: the probe, the Dnyarri, the Mycon, and the Ilwrath,
 # Umgah and Ur-Quan (on a sample of 150 pieces the bundled model's CER was 92-123% on these three, 61-71% on
@@ -251,14 +257,58 @@ def build(out: Path, debs: dict[str, Path]) -> dict:
     return info
 
 
+def copy_jobs(utterances: list[Utterance], out: Path, copies: int, seed: int = SEED) -> list[AugJob]:
+    """`copies` augmented copies of each piece, aug/KIND/STEM-K.flac, the kind and its parameters drawn from
+    the seed and the piece's name (not its place in the list: leaving a piece out changes no other)."""
+    jobs = []
+    for u in utterances:
+        stem = Path(u.path).stem
+        for k in range(copies):
+            rng = np.random.default_rng([seed, zlib.crc32(stem.encode()), k])
+            kind = COPY_KINDS[int(rng.integers(len(COPY_KINDS)))]
+            path = f"aug/{kind}/{stem}-{k}.flac"
+            jobs.append(AugJob(path, str(out / u.path), kind, u.text, u.speaker, int(rng.integers(2**31))))
+    return jobs
+
+
+def build_copies(out: Path, copies: int, workers: int, seed: int = SEED) -> dict:
+    """Write train-augmented.jsonl: `copies` augmented copies of every piece of train.jsonl (kept files are
+    reused, so an interrupted build resumes)."""
+    utterances = read_manifest(out / "train.jsonl")
+    jobs = copy_jobs([portable(u, out) for u in utterances], out, copies, seed)
+    corpus = Corpus(out)
+    with Runner(out, workers) as runner:
+        done = run_list(runner, corpus, jobs, "uqm copies")
+    if corpus.errors:
+        raise SystemExit(f"{len(corpus.errors)} copies failed, the first: {corpus.errors[0]}")
+    write_manifest(out / "train-augmented.jsonl", [portable(u, out) for u in done])
+    by_kind = Counter()
+    for u in done:
+        by_kind[Path(u.path).parent.name] += u.duration
+    return {
+        "copies": len(done),
+        "hours": round(by_kind.total() / 3600, 3),
+        "hours_by_kind": {k: round(v / 3600, 3) for k, v in sorted(by_kind.items())},
+        "skipped": corpus.skipped,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("corpus-uqm"), help="corpus folder (default: corpus-uqm)")
     p.add_argument("--debs", type=Path, help="folder of the uqm-voice and uqm-content .debs (OUT/.debs)")
+    p.add_argument("--copies", type=int, default=0, help="augmented copies of each piece (default 0: none)")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the copies (default {SEED})")
+    p.add_argument("--workers", type=int, default=2, help="processes making the copies (default 2)")
     args = p.parse_args(argv)
+    if args.copies < 0 or args.workers < 1:
+        p.error("--copies must be at least 0 and --workers at least 1")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     info = build(out, fetch_debs(args.debs or out / ".debs"))
+    if args.copies:
+        info["augmented"] = build_copies(out, args.copies, args.workers, args.seed)
+        (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(info, indent=1))
     return 0
 

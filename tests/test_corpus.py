@@ -15,7 +15,7 @@ import pytest
 import scipy.signal
 
 from asr import audio, augment
-from asr.data import read_manifest
+from asr.data import Utterance, read_manifest
 from asr.text import encode, normalize
 
 SR = augment.SAMPLE_RATE
@@ -148,6 +148,29 @@ def test_formant_shift_moves_the_formant_but_not_the_pitch(alpha):
     freqs = np.fft.rfftfreq(out.size - 4000, 1 / SR)
     peaks, _ = scipy.signal.find_peaks(spectrum, height=spectrum.max() / 10)
     assert np.all(np.abs(freqs[peaks] / 125 - np.round(freqs[peaks] / 125)) < 0.05)  # still harmonics of f0
+
+
+@pytest.mark.parametrize(("semitones", "formants"), [(5.0, 1.15), (-3.0, 0.92)])
+def test_new_voice_moves_pitch_and_formants_each_as_asked(semitones, formants):
+    x = vowel(f0=125, formant=1000)
+    out = augment.new_voice(x, semitones, formants)
+    f0 = 125 * 2 ** (semitones / 12)
+    assert out.shape == x.shape
+    assert abs(peak_hz(out) - 1000 * formants) <= f0 + 1  # the strongest harmonic follows the formant
+    spectrum = np.abs(np.fft.rfft(out[2000:-2000] * np.hanning(out.size - 4000)))
+    freqs = np.fft.rfftfreq(out.size - 4000, 1 / SR)
+    peaks, _ = scipy.signal.find_peaks(spectrum, height=spectrum.max() / 10)
+    assert np.all(np.abs(freqs[peaks] / f0 - np.round(freqs[peaks] / f0)) < 0.05)  # harmonics of the new f0
+    assert not np.all(np.abs(freqs[peaks] / 125 - np.round(freqs[peaks] / 125)) < 0.05)  # not of the old
+
+
+def test_make_data_augments_with_its_own_kinds():
+    builder = load_builder()
+    assert set(builder.CORPUS_KINDS) < set(augment.KINDS)  # `voice` is build_uqm's alone
+    real = [Utterance(f"/fsdd/{i}.flac", 1.0, "one", "george") for i in range(20)]
+    jobs = builder.augmentation_jobs(1, [], real, Path("corpus"), 0.0)
+    assert len(jobs) == 20 * builder.FSDD_AUG_COPIES
+    assert {j.kind for j in jobs} <= set(builder.CORPUS_KINDS)
 
 
 @pytest.mark.parametrize("kind", list(augment.KINDS))

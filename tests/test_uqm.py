@@ -155,3 +155,32 @@ def test_the_built_corpus_is_speech_with_transcripts():
         assert u.text == normalize(u.text) and len(u.text.split()) >= 1
         assert build_uqm.MIN_SECONDS <= u.duration <= build_uqm.MAX_SECONDS
         assert sf.info(u.path).samplerate == SR
+
+
+def test_copies_are_seeded_by_the_piece_and_drawn_from_the_copy_kinds(tmp_path):
+    pieces = [build_uqm.Utterance(f"uqm/spathi-{i:03d}-00.flac", 2.0, "hi", "uqm-spathi") for i in range(30)]
+    jobs = build_uqm.copy_jobs(pieces, tmp_path, copies=2)
+    assert len(jobs) == 60 and len({j.path for j in jobs}) == 60
+    assert {j.kind for j in jobs} == set(build_uqm.COPY_KINDS)
+    assert all(j.source == str(tmp_path / "uqm" / f"{Path(j.path).stem[:-2]}.flac") for j in jobs)
+    assert build_uqm.copy_jobs(pieces[5:], tmp_path, copies=2) == jobs[10:]  # the rest changes nothing
+    assert build_uqm.copy_jobs(pieces, tmp_path, copies=2, seed=1) != jobs
+
+
+def test_build_copies_writes_a_manifest_of_augmented_pieces(tmp_path, monkeypatch):
+    voice, content = fake_packages(tmp_path)
+    monkeypatch.setattr(build_uqm, "extract", lambda deb, member, into: deb)
+    out = tmp_path / "out"
+    build_uqm.build(out, {"uqm-voice": voice, "uqm-content": content})
+    info = build_uqm.build_copies(out, copies=3, workers=1)
+    (piece,) = read_manifest(out / "train.jsonl")
+    copies = read_manifest(out / "train-augmented.jsonl")
+    assert info["copies"] == 3 and len(copies) == 3
+    clean, _ = sf.read(piece.path)
+    for u in copies:
+        assert u.text == piece.text and u.speaker == piece.speaker
+        assert Path(u.path).parent.name in build_uqm.COPY_KINDS
+        samples, rate = sf.read(u.path)
+        assert rate == SR and abs(samples.size / SR - u.duration) < 0.01
+        assert samples.size != clean.size or not np.allclose(samples, clean, atol=1e-3)
+    assert build_uqm.build_copies(out, copies=3, workers=1) == info  # kept files are reused
