@@ -272,8 +272,18 @@ def copy_jobs(utterances: list[Utterance], out: Path, copies: int, seed: int = S
 
 
 def build_copies(out: Path, copies: int, workers: int, seed: int = SEED) -> dict:
-    """Write train-augmented.jsonl: `copies` augmented copies of every piece of train.jsonl (kept files are
-    reused, so an interrupted build resumes)."""
+    """Write train-augmented.jsonl: `copies` augmented copies of every piece of train.jsonl. Kept files are
+    reused, so an interrupted build resumes; aug/recipe.json stops a build with another seed or other kinds
+    from reusing them."""
+    recipe = {"seed": seed, "kinds": list(COPY_KINDS)}
+    recipe_path = out / "aug" / "recipe.json"
+    if recipe_path.exists() and json.loads(recipe_path.read_text()) != recipe:
+        raise SystemExit(
+            f"{out / 'aug'} holds copies made with {recipe_path.read_text().strip()},"
+            f" not {json.dumps(recipe)}: delete it to make them anew"
+        )
+    recipe_path.parent.mkdir(parents=True, exist_ok=True)
+    recipe_path.write_text(json.dumps(recipe) + "\n", encoding="utf-8")
     utterances = read_manifest(out / "train.jsonl")
     jobs = copy_jobs([portable(u, out) for u in utterances], out, copies, seed)
     corpus = Corpus(out)

@@ -184,3 +184,5 @@ def test_build_copies_writes_a_manifest_of_augmented_pieces(tmp_path, monkeypatc
         assert rate == SR and abs(samples.size / SR - u.duration) < 0.01
         assert samples.size != clean.size or not np.allclose(samples, clean, atol=1e-3)
     assert build_uqm.build_copies(out, copies=3, workers=1) == info  # kept files are reused
+    with pytest.raises(SystemExit, match="delete it"):
+        build_uqm.build_copies(out, copies=3, workers=1, seed=1)  # not under another seed
