@@ -138,6 +138,19 @@ def test_pitch_shift_moves_frequencies_and_keeps_duration(semitones):
     assert peak_hz(out[2000:-2000]) == pytest.approx(400 * 2 ** (semitones / 12), rel=0.02)
 
 
+def test_pitch_shift_keeps_the_loudness_contour_of_speech(speech):
+    """Syllables and bursts stay where they were: with librosa's default 128 ms phase vocoder the 10 ms
+    loudness contour of this clip correlated 0.88 with the original's (shifted speech was hard to recognise);
+    with 32 ms frames, 0.98."""
+
+    def contour(x: np.ndarray) -> np.ndarray:
+        frames = x[: x.size // 160 * 160].astype(np.float64).reshape(-1, 160)
+        return np.log(np.mean(frames**2, axis=1) + 1e-8)
+
+    before, after = contour(speech), contour(augment.pitch_shift(speech, 1.65))
+    assert np.corrcoef(before, after)[0, 1] > 0.95
+
+
 @pytest.mark.parametrize("alpha", [0.85, 1.15])
 def test_formant_shift_moves_the_formant_but_not_the_pitch(alpha):
     x = vowel(f0=125, formant=1000)
