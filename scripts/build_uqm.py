@@ -42,7 +42,18 @@ from tqdm import tqdm
 from asr import audio
 from asr.data import Utterance, read_manifest, write_manifest
 from asr.text import normalize
-from scripts.build_corpus import AugJob, Corpus, Runner, check_transcript, portable, run_list, write_flac
+from scripts.build_corpus import (
+    AugJob,
+    Corpus,
+    Runner,
+    augmentation_of,
+    check_recipe,
+    check_transcript,
+    hours_by,
+    portable,
+    run_list,
+    write_flac,
+)
 
 PACKAGES = ("uqm-voice", "uqm-content")
 VOICE_ZIP = "usr/share/games/uqm/content/addons/uqm-0.8.0-voice.uqm"
@@ -257,7 +268,7 @@ def build(out: Path, debs: dict[str, Path]) -> dict:
     return info
 
 
-def copy_jobs(utterances: list[Utterance], out: Path, copies: int, seed: int = SEED) -> list[AugJob]:
+def copy_jobs(utterances: list[Utterance], copies: int, seed: int = SEED) -> list[AugJob]:
     """`copies` augmented copies of each piece, aug/KIND/STEM-K.flac, the kind and its parameters drawn from
     the seed and the piece's name (not its place in the list: leaving a piece out changes no other)."""
     jobs = []
@@ -267,7 +278,7 @@ def copy_jobs(utterances: list[Utterance], out: Path, copies: int, seed: int = S
             rng = np.random.default_rng([seed, zlib.crc32(stem.encode()), k])
             kind = COPY_KINDS[int(rng.integers(len(COPY_KINDS)))]
             path = f"aug/{kind}/{stem}-{k}.flac"
-            jobs.append(AugJob(path, str(out / u.path), kind, u.text, u.speaker, int(rng.integers(2**31))))
+            jobs.append(AugJob(path, u.path, kind, u.text, u.speaker, int(rng.integers(2**31))))
     return jobs
 
 
@@ -275,30 +286,20 @@ def build_copies(out: Path, copies: int, workers: int, seed: int = SEED) -> dict
     """Write train-augmented.jsonl: `copies` augmented copies of every piece of train.jsonl. Kept files are
     reused, so an interrupted build resumes; aug/recipe.json stops a build with another seed or other kinds
     from reusing them."""
-    recipe = {"seed": seed, "kinds": list(COPY_KINDS)}
-    recipe_path = out / "aug" / "recipe.json"
-    if recipe_path.exists() and json.loads(recipe_path.read_text()) != recipe:
-        raise SystemExit(
-            f"{out / 'aug'} holds copies made with {recipe_path.read_text().strip()},"
-            f" not {json.dumps(recipe)}: delete it to make them anew"
-        )
-    recipe_path.parent.mkdir(parents=True, exist_ok=True)
-    recipe_path.write_text(json.dumps(recipe) + "\n", encoding="utf-8")
-    utterances = read_manifest(out / "train.jsonl")
-    jobs = copy_jobs([portable(u, out) for u in utterances], out, copies, seed)
+    (out / "aug").mkdir(parents=True, exist_ok=True)
+    check_recipe(out / "aug", {"seed": seed, "kinds": COPY_KINDS})
+    jobs = copy_jobs(read_manifest(out / "train.jsonl"), copies, seed)
     corpus = Corpus(out)
     with Runner(out, workers) as runner:
         done = run_list(runner, corpus, jobs, "uqm copies")
     if corpus.errors:
         raise SystemExit(f"{len(corpus.errors)} copies failed, the first: {corpus.errors[0]}")
     write_manifest(out / "train-augmented.jsonl", [portable(u, out) for u in done])
-    by_kind = Counter()
-    for u in done:
-        by_kind[Path(u.path).parent.name] += u.duration
+    by_kind = {kind: hours for kind, (_, hours) in hours_by(done, augmentation_of).items()}
     return {
         "copies": len(done),
-        "hours": round(by_kind.total() / 3600, 3),
-        "hours_by_kind": {k: round(v / 3600, 3) for k, v in sorted(by_kind.items())},
+        "hours": round(sum(by_kind.values()), 3),
+        "hours_by_kind": {kind: round(hours, 3) for kind, hours in by_kind.items()},
         "skipped": corpus.skipped,
     }
 

@@ -157,14 +157,14 @@ def test_the_built_corpus_is_speech_with_transcripts():
         assert sf.info(u.path).samplerate == SR
 
 
-def test_copies_are_seeded_by_the_piece_and_drawn_from_the_copy_kinds(tmp_path):
-    pieces = [build_uqm.Utterance(f"uqm/spathi-{i:03d}-00.flac", 2.0, "hi", "uqm-spathi") for i in range(30)]
-    jobs = build_uqm.copy_jobs(pieces, tmp_path, copies=2)
+def test_copies_are_seeded_by_the_piece_and_drawn_from_the_copy_kinds():
+    pieces = [build_uqm.Utterance(f"/uqm/spathi-{i:03d}-00.flac", 2.0, "hi", "uqm-spathi") for i in range(30)]
+    jobs = build_uqm.copy_jobs(pieces, copies=2)
     assert len(jobs) == 60 and len({j.path for j in jobs}) == 60
     assert {j.kind for j in jobs} == set(build_uqm.COPY_KINDS)
-    assert all(j.source == str(tmp_path / "uqm" / f"{Path(j.path).stem[:-2]}.flac") for j in jobs)
-    assert build_uqm.copy_jobs(pieces[5:], tmp_path, copies=2) == jobs[10:]  # the rest changes nothing
-    assert build_uqm.copy_jobs(pieces, tmp_path, copies=2, seed=1) != jobs
+    assert all(j.source == f"/uqm/{Path(j.path).stem[:-2]}.flac" for j in jobs)
+    assert build_uqm.copy_jobs(pieces[5:], copies=2) == jobs[10:]  # the rest changes nothing
+    assert build_uqm.copy_jobs(pieces, copies=2, seed=1) != jobs
 
 
 def test_build_copies_writes_a_manifest_of_augmented_pieces(tmp_path, monkeypatch):
@@ -184,5 +184,5 @@ def test_build_copies_writes_a_manifest_of_augmented_pieces(tmp_path, monkeypatc
         assert rate == SR and abs(samples.size / SR - u.duration) < 0.01
         assert samples.size != clean.size or not np.allclose(samples, clean, atol=1e-3)
     assert build_uqm.build_copies(out, copies=3, workers=1) == info  # kept files are reused
-    with pytest.raises(SystemExit, match="delete it"):
+    with pytest.raises(SystemExit, match="built with other voices, prompts or seed"):
         build_uqm.build_copies(out, copies=3, workers=1, seed=1)  # not under another seed
