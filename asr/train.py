@@ -164,8 +164,10 @@ def compute_stats(corpus: Corpus, n: int, seed: int) -> features.FeatureStats:
 def make_batches(corpus: Corpus, cfg: TrainConfig, epoch: int, world: int) -> list[list[int]]:
     """Length-bucketed batches: sorted by length, cut by padded-frame budget; shuffled after epoch 0.
 
-    CTC needs enough frames for the target: utterances whose subsampled length cannot hold their
-    targets are left out. The count is a multiple of `world` so every process steps equally.
+    Every utterance is kept, even one whose output frames cannot hold its target (a clipped "three": 5
+    frames for 5 letters and the blank between the "e"s). Its CTC loss is infinite, and `zero_infinity`
+    zeroes it, unless `--pad-prob`'s padding lengthens it enough. The count of batches is a multiple of
+    `world` so every process steps equally.
     """
     order = sorted(range(len(corpus.feats)), key=corpus.frames)
     batches, cur = [], []
