@@ -254,14 +254,13 @@ def build(out: Path, debs: dict[str, Path]) -> dict:
                     write_flac(out / rel, samples[a:b])
                 utterances.append(Utterance(rel, round((b - a) / SAMPLE_RATE, 3), text, f"uqm-{clip.voice}"))
     write_manifest(out / "train.jsonl", utterances)
-    by_voice = Counter()
-    for u in utterances:
-        by_voice[u.speaker.removeprefix("uqm-")] += u.duration
+    by_speaker = hours_by(utterances, lambda u: u.speaker.removeprefix("uqm-"))
+    by_voice = {voice: hours for voice, (_, hours) in by_speaker.items()}
     info = {
         "pieces": len(utterances),
-        "hours": round(by_voice.total() / 3600, 3),
+        "hours": round(sum(by_voice.values()), 3),
         "words": sum(len(u.text.split()) for u in utterances),
-        "hours_by_voice": {v: round(s / 3600, 3) for v, s in sorted(by_voice.items())},
+        "hours_by_voice": {v: round(hours, 3) for v, hours in by_voice.items()},
         "left_out": dict(left_out),
     }
     (out / "summary.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
