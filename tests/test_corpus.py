@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.util
@@ -10,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import scipy.signal
@@ -363,7 +365,9 @@ def test_small_build_makes_valid_manifests_and_resumes(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["flite", "festival", "piper", "mbrola", "pico", "kokoro", "kokoro-mix"])
+@pytest.mark.parametrize(
+    "engine", ["flite", "festival", "piper", "mbrola", "pico", "rhvoice", "kokoro", "kokoro-mix"]
+)
 def test_each_synthesiser_speaks(tmp_path, engine):
     builder = load_builder()
     if engine in builder.PACKAGE_AVAILABLE and not builder.PACKAGE_AVAILABLE[engine]():
@@ -383,6 +387,31 @@ def test_each_synthesiser_speaks(tmp_path, engine):
     assert 0.5 <= samples.size / SR <= 3 and np.abs(samples).max() > 0.2
     again = builder.synthesize(job)
     assert np.allclose(again, samples, atol=1 / 16384)  # reproducible from the job's seed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("RHVoice-test"), reason="RHVoice is not installed")
+def test_rhvoice_is_opt_in_and_follows_rate_and_pitch():
+    builder = load_builder()
+    assert "rhvoice" not in builder.available_engines()  # `make data` leaves it out: its corpus stays
+    assert builder.available_engines(["rhvoice"]) == ["rhvoice"]
+    voice = next(v for v in builder.all_voices() if v.engine == "rhvoice" and v.name == "bdl")
+    say = "the quick brown fox jumps over the lazy dog"
+    job = builder.make_job(np.random.default_rng(0), "x.flac", voice, say, say)
+
+    def spoken(rate: float, pitch: float) -> tuple[float, float]:
+        """Seconds of speech (above -40 dB of the peak) and median f0 in Hz."""
+        samples = builder.synthesize(dataclasses.replace(job, rate=rate, pitch=pitch))
+        frames = librosa.util.frame(samples, frame_length=400, hop_length=160)
+        rms = np.sqrt((frames**2).mean(axis=0))
+        loud = rms > np.abs(samples).max() * 10 ** (-40 / 20)
+        f0 = librosa.yin(samples, fmin=50, fmax=400, sr=SR, frame_length=1024)
+        return loud.sum() * 0.01, float(np.median(f0))
+
+    slow, low = spoken(0.8, -4.0)
+    fast, high = spoken(1.25, 4.0)
+    assert slow / fast == pytest.approx(1.25 / 0.8, rel=0.2)  # speaking time scales with 1 / rate
+    assert high / low == pytest.approx(2 ** (8 / 12), rel=0.15)  # 8 semitones apart
 
 
 def test_asterisk_prompts_keep_only_texts_that_say_how_they_are_read(tmp_path):
