@@ -716,17 +716,21 @@ def synth_mbrola(job: SynthJob, wav: str) -> None:
     run_espeak(f"mb-{job.voice.name}", job, wav)
 
 
+def percent_of_default(job: SynthJob) -> tuple[int, int]:
+    """The job's rate and pitch as percentages of the voice's default, for engines that take them so."""
+    return round(100 * job.rate), round(100 * 2 ** (job.pitch / 12))
+
+
 def synth_pico(job: SynthJob, wav: str) -> None:
     """SVOX Pico; rate and pitch through its markup (levels in percent of the default)."""
-    speed = round(100 * job.rate)
-    pitch = round(100 * 2 ** (job.pitch / 12))
+    speed, pitch = percent_of_default(job)
     text = f'<speed level="{speed}"><pitch level="{pitch}">{job.say}</pitch></speed>'
     run_tts(["pico2wave", "-l", job.voice.name, "-w", wav, text])
 
 
 def synth_rhvoice(job: SynthJob, wav: str) -> None:
     """RHVoice; rate and pitch in percent of the voice's default."""
-    rate, pitch = round(100 * job.rate), round(100 * 2 ** (job.pitch / 12))
+    rate, pitch = percent_of_default(job)
     cmd = ["RHVoice-test", "-p", job.voice.name, "-r", str(rate), "-t", str(pitch), "-o", wav]
     run_tts(cmd, stdin=job.say)
 
